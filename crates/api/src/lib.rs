@@ -1,1 +1,392 @@
-//! placeholder
+//! The only crate that knows HTTP: the `/v2` distribution API.
+//!
+//! Every `/v2` request goes through one wildcard route, is parsed into an `Operation`, and is
+//! answered by one `registry` call whose result is mapped to the spec's response.
+//!
+//! Invariants:
+//! - Handlers hold no business rules: extract, call `registry`, map the answer.
+//! - Every error leaves as the spec's envelope (`error::ApiError`); no internal text leaks.
+//! - Request and response bodies of blobs stream; only manifests (bounded by the configured
+//!   limit) are read whole.
+
+pub mod error;
+pub mod operation;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use oci::{Digest, ErrorCode, RepositoryName};
+use registry::{Registry, UploadStart, UploadStatus};
+use tracing::Instrument;
+
+use crate::error::ApiError;
+use crate::operation::{Method, Operation};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+}
+
+/// The whole HTTP surface, ready to serve.
+pub fn router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/v2", any(v2_root))
+        .route("/v2/", any(v2_root))
+        .route("/v2/{*rest}", any(v2))
+        .fallback(not_found)
+        .with_state(AppState { registry })
+        .layer(middleware::from_fn(log_request))
+}
+
+/// One log line per request, inside a span carrying the request id.
+async fn log_request(request: Request, next: Next) -> Response {
+    let request_id = uuid::Uuid::new_v4().simple().to_string();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let request_bytes = content_length(request.headers());
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    let status = response.status().as_u16();
+    let response_bytes = content_length(response.headers());
+    span.in_scope(|| {
+        tracing::info!(
+            %method,
+            %path,
+            status,
+            request_bytes,
+            response_bytes,
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "{method} {path} {status}"
+        );
+    });
+    response
+}
+
+fn content_length(headers: &HeaderMap) -> u64 {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::Unsupported)
+        .status(StatusCode::NOT_FOUND)
+        .message("not found")
+}
+
+async fn v2_root(state: State<AppState>, request: Request) -> Response {
+    dispatch(state, "", request).await
+}
+
+async fn v2(state: State<AppState>, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    let rest = path.strip_prefix("/v2/").unwrap_or("").to_owned();
+    dispatch(state, &rest, request).await
+}
+
+async fn dispatch(State(state): State<AppState>, rest: &str, request: Request) -> Response {
+    let method = Method::from_http(request.method().as_str());
+    let operation = match operation::parse(method, rest, request.uri().query()) {
+        Ok(operation) => operation,
+        Err(err) => return ApiError::from(err).into_response(),
+    };
+    match handle(&state.registry, operation, request).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn set(response: &mut Response, name: &'static str, value: impl AsRef<str>) {
+    if let Ok(value) = HeaderValue::from_str(value.as_ref()) {
+        response.headers_mut().insert(name, value);
+    }
+}
+
+/// The `Range` header of an upload standing at `offset`: the inclusive range received.
+pub(crate) fn upload_range(offset: u64) -> String {
+    format!("0-{}", offset.saturating_sub(1))
+}
+
+fn upload_response(status: StatusCode, name: &RepositoryName, upload: UploadStatus) -> Response {
+    let mut response = status.into_response();
+    set(
+        &mut response,
+        "location",
+        format!("/v2/{name}/blobs/uploads/{}", upload.id),
+    );
+    set(&mut response, "range", upload_range(upload.offset));
+    set(&mut response, "docker-upload-uuid", upload.id.to_string());
+    set(&mut response, "content-length", "0");
+    response
+}
+
+fn blob_created(name: &RepositoryName, digest: &Digest) -> Response {
+    let mut response = StatusCode::CREATED.into_response();
+    set(
+        &mut response,
+        "location",
+        format!("/v2/{name}/blobs/{digest}"),
+    );
+    set(&mut response, "docker-content-digest", digest.to_string());
+    set(&mut response, "content-length", "0");
+    response
+}
+
+fn page_link(path: &str, n: Option<u32>, next: Option<&str>) -> Option<String> {
+    let next = next?;
+    let n = n.map_or(String::new(), |n| format!("n={n}&"));
+    Some(format!(
+        "<{path}?{n}last={}>; rel=\"next\"",
+        encode_query_value(next)
+    ))
+}
+
+fn encode_query_value(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+fn json_response(value: &serde_json::Value) -> Response {
+    let mut response = axum::Json(value).into_response();
+    let length = response_length(value);
+    set(&mut response, "content-length", length.to_string());
+    response
+}
+
+fn response_length(value: &serde_json::Value) -> usize {
+    serde_json::to_vec(value).map_or(0, |bytes| bytes.len())
+}
+
+async fn handle(
+    registry: &Registry,
+    operation: Operation,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let headers = request.headers().clone();
+    let body = request.into_body();
+    match operation {
+        Operation::Base => {
+            let mut response = json_response(&serde_json::json!({}));
+            set(
+                &mut response,
+                "docker-distribution-api-version",
+                "registry/2.0",
+            );
+            Ok(response)
+        }
+        Operation::Catalog { n, last } => {
+            let page = registry.catalog(n, last).await?;
+            let mut response = json_response(&serde_json::json!({ "repositories": page.items }));
+            if let Some(link) = page_link("/v2/_catalog", n, page.next.as_deref()) {
+                set(&mut response, "link", link);
+            }
+            Ok(response)
+        }
+        Operation::ListTags { name, n, last } => {
+            let page = registry.list_tags(&name, n, last).await?;
+            let mut response =
+                json_response(&serde_json::json!({ "name": name.as_str(), "tags": page.items }));
+            if let Some(link) = page_link(&format!("/v2/{name}/tags/list"), n, page.next.as_deref())
+            {
+                set(&mut response, "link", link);
+            }
+            Ok(response)
+        }
+        Operation::GetManifest {
+            name,
+            reference,
+            head,
+        } => {
+            let manifest = registry.get_manifest(&name, &reference).await?;
+            let length = manifest.body.len();
+            let mut response = if head {
+                Response::new(Body::empty())
+            } else {
+                Response::new(Body::from(manifest.body))
+            };
+            set(&mut response, "content-type", &manifest.media_type);
+            set(&mut response, "content-length", length.to_string());
+            set(
+                &mut response,
+                "docker-content-digest",
+                manifest.digest.to_string(),
+            );
+            set(&mut response, "etag", format!("\"{}\"", manifest.digest));
+            Ok(response)
+        }
+        Operation::PutManifest { name, reference } => {
+            let limit = registry.limits().max_manifest_bytes;
+            let too_large = || ApiError::from(registry::Error::ManifestTooLarge { limit });
+            if usize::try_from(content_length(&headers)).unwrap_or(usize::MAX) > limit {
+                return Err(too_large());
+            }
+            let bytes = axum::body::to_bytes(body, limit).await.map_err(|err| {
+                if std::error::Error::source(&err)
+                    .is_some_and(|source| source.is::<http_body_util::LengthLimitError>())
+                {
+                    too_large()
+                } else {
+                    ApiError::new(ErrorCode::ManifestInvalid)
+                        .message(format!("could not read the manifest body: {err}"))
+                }
+            })?;
+            let pushed = registry
+                .put_manifest(
+                    &name,
+                    &reference,
+                    header_str(&headers, header::CONTENT_TYPE),
+                    &bytes,
+                )
+                .await?;
+            let mut response = StatusCode::CREATED.into_response();
+            set(
+                &mut response,
+                "location",
+                format!("/v2/{name}/manifests/{}", pushed.digest),
+            );
+            set(
+                &mut response,
+                "docker-content-digest",
+                pushed.digest.to_string(),
+            );
+            set(&mut response, "content-length", "0");
+            if let Some(subject) = pushed.subject {
+                set(&mut response, "oci-subject", subject.to_string());
+            }
+            Ok(response)
+        }
+        Operation::DeleteManifest { name, reference } => {
+            registry.delete_manifest(&name, &reference).await?;
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
+        Operation::GetBlob { name, digest, head } => {
+            if head {
+                let size = registry.stat_blob(&name, &digest).await?;
+                let mut response = Response::new(Body::empty());
+                set(&mut response, "content-length", size.to_string());
+                set(&mut response, "content-type", "application/octet-stream");
+                set(&mut response, "docker-content-digest", digest.to_string());
+                set(&mut response, "accept-ranges", "bytes");
+                return Ok(response);
+            }
+            let content = registry
+                .read_blob(&name, &digest, header_str(&headers, header::RANGE))
+                .await?;
+            let mut response = Response::new(Body::from_stream(content.stream));
+            match content.range {
+                Some(range) => {
+                    *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+                    set(&mut response, "content-length", range.len().to_string());
+                    set(
+                        &mut response,
+                        "content-range",
+                        format!("bytes {}-{}/{}", range.start, range.end, content.size),
+                    );
+                }
+                None => set(&mut response, "content-length", content.size.to_string()),
+            }
+            set(&mut response, "content-type", "application/octet-stream");
+            set(&mut response, "docker-content-digest", digest.to_string());
+            set(&mut response, "accept-ranges", "bytes");
+            Ok(response)
+        }
+        Operation::DeleteBlob { name, digest } => {
+            registry.delete_blob(&name, &digest).await?;
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
+        Operation::StartUpload {
+            name,
+            digest,
+            mount,
+        } => {
+            if mount.is_none() {
+                if let Some(digest) = digest {
+                    registry
+                        .upload_blob(&name, &digest, body.into_data_stream())
+                        .await?;
+                    return Ok(blob_created(&name, &digest));
+                }
+            }
+            match registry
+                .start_upload(&name, mount.as_ref().map(|(digest, from)| (digest, from)))
+                .await?
+            {
+                UploadStart::Mounted(digest) => Ok(blob_created(&name, &digest)),
+                UploadStart::Session(status) => {
+                    Ok(upload_response(StatusCode::ACCEPTED, &name, status))
+                }
+            }
+        }
+        Operation::UploadStatus { name, id } => {
+            let status = registry.upload_status(&name, &id).await?;
+            Ok(upload_response(StatusCode::NO_CONTENT, &name, status))
+        }
+        Operation::PatchUpload { name, id } => {
+            let range = content_range(&headers)?;
+            let status = registry
+                .append_upload(&name, &id, range, body.into_data_stream())
+                .await?;
+            Ok(upload_response(StatusCode::ACCEPTED, &name, status))
+        }
+        Operation::FinishUpload { name, id, digest } => {
+            let range = content_range(&headers)?;
+            registry
+                .finish_upload(&name, &id, &digest, range, body.into_data_stream())
+                .await?;
+            Ok(blob_created(&name, &digest))
+        }
+        Operation::CancelUpload { name, id } => {
+            registry.cancel_upload(&name, &id).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Operation::Referrers {
+            name,
+            digest,
+            artifact_type,
+        } => {
+            let referrers = registry
+                .referrers(&name, &digest, artifact_type.as_deref())
+                .await?;
+            let length = referrers.index.len();
+            let mut response = Response::new(Body::from(referrers.index));
+            set(&mut response, "content-type", oci::media_type::OCI_INDEX);
+            set(&mut response, "content-length", length.to_string());
+            if referrers.filtered {
+                set(&mut response, "oci-filters-applied", "artifactType");
+            }
+            Ok(response)
+        }
+    }
+}
+
+fn content_range(headers: &HeaderMap) -> Result<Option<oci::ByteRange>, ApiError> {
+    operation::content_range(header_str(headers, header::CONTENT_RANGE)).map_err(|err| {
+        ApiError::new(ErrorCode::BlobUploadInvalid)
+            .status(StatusCode::RANGE_NOT_SATISFIABLE)
+            .message(err.to_string())
+    })
+}

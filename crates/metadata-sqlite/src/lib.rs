@@ -1,1 +1,559 @@
-//! placeholder
+//! The embedded SQLite metadata store: the zero-configuration default.
+//!
+//! Invariants:
+//! - The database runs in WAL mode, so readers never wait for the writer.
+//! - Every write transaction starts with `BEGIN IMMEDIATE`: SQLite cannot upgrade a read
+//!   transaction to a write one while another writer is active, and a deferred `BEGIN` would
+//!   turn ordinary contention into `SQLITE_BUSY` errors instead of a short wait.
+//! - The schema is `migrations/sqlite`, applied at `open`.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use metadata::{
+    Error, ManifestCommit, ManifestRecord, MetadataStore, PageRequest, Referrer, Timestamp,
+    UploadId, UploadRecord,
+};
+use oci::{Digest, RepositoryName, Tag};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, SqlitePool};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn backend(err: sqlx::Error) -> Error {
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            Error::Unavailable(err.to_string())
+        }
+        other => Error::Internal(other.to_string()),
+    }
+}
+
+fn corrupt(what: &str, value: &str) -> Error {
+    Error::Internal(format!("stored {what} {value:?} does not parse"))
+}
+
+fn parse_digest(text: &str) -> Result<Digest, Error> {
+    text.parse().map_err(|_| corrupt("digest", text))
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<SqliteStore, Error> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .map_err(backend)?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|err| Error::Internal(format!("applying migrations: {err}")))?;
+        Ok(SqliteStore { pool })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, Error> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)
+    }
+}
+
+async fn ensure_repository(
+    tx: &mut sqlx::SqliteConnection,
+    repository: &RepositoryName,
+    now: Timestamp,
+) -> Result<i64, Error> {
+    sqlx::query(
+        "INSERT INTO repositories (name, created_at) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(repository.as_str())
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .map_err(backend)?;
+    sqlx::query_scalar("SELECT id FROM repositories WHERE name = ?")
+        .bind(repository.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(backend)
+}
+
+async fn link(
+    tx: &mut sqlx::SqliteConnection,
+    repository_id: i64,
+    digest: &Digest,
+    size: u64,
+    now: Timestamp,
+) -> Result<(), Error> {
+    sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES (?, ?, ?) ON CONFLICT (digest) DO NOTHING")
+        .bind(digest.to_string())
+        .bind(to_i64(size))
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    sqlx::query("INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+        .bind(repository_id)
+        .bind(digest.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+fn manifest_record(row: &SqliteRow) -> Result<ManifestRecord, Error> {
+    let digest: String = row.get("digest");
+    let subject: Option<String> = row.get("subject");
+    Ok(ManifestRecord {
+        digest: parse_digest(&digest)?,
+        media_type: row.get("media_type"),
+        body: row.get("body"),
+        subject: subject.as_deref().map(parse_digest).transpose()?,
+    })
+}
+
+fn upload_record(row: &SqliteRow) -> Result<UploadRecord, Error> {
+    let id: String = row.get("id");
+    let repository: String = row.get("repository");
+    Ok(UploadRecord {
+        id: UploadId(uuid::Uuid::from_str(&id).map_err(|_| corrupt("upload id", &id))?),
+        repository: repository
+            .parse()
+            .map_err(|_| corrupt("repository name", &repository))?,
+        offset: to_u64(row.get("byte_offset")),
+        hash_state: row.get("hash_state"),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+    })
+}
+
+const MANIFEST_COLUMNS: &str = "m.digest, m.media_type, m.body, m.subject";
+
+#[async_trait]
+impl MetadataStore for SqliteStore {
+    async fn blob_size(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<u64>, Error> {
+        let size: Option<i64> = sqlx::query_scalar(
+            "SELECT b.size FROM repositories r
+             JOIN repository_blobs rb ON rb.repository_id = r.id
+             JOIN blobs b ON b.digest = rb.digest
+             WHERE r.name = ? AND rb.digest = ?",
+        )
+        .bind(repository.as_str())
+        .bind(digest.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(size.map(to_u64))
+    }
+
+    async fn link_blob(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+        size: u64,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        let mut tx = self.write().await?;
+        let repository_id = ensure_repository(&mut tx, repository, now).await?;
+        link(&mut tx, repository_id, digest, size, now).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn mount_blob(
+        &self,
+        repository: &RepositoryName,
+        from: &RepositoryName,
+        digest: &Digest,
+        now: Timestamp,
+    ) -> Result<Option<u64>, Error> {
+        let mut tx = self.write().await?;
+        let size: Option<i64> = sqlx::query_scalar(
+            "SELECT b.size FROM repositories r
+             JOIN repository_blobs rb ON rb.repository_id = r.id
+             JOIN blobs b ON b.digest = rb.digest
+             WHERE r.name = ? AND rb.digest = ?",
+        )
+        .bind(from.as_str())
+        .bind(digest.to_string())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let Some(size) = size.map(to_u64) else {
+            return Ok(None);
+        };
+        let repository_id = ensure_repository(&mut tx, repository, now).await?;
+        link(&mut tx, repository_id, digest, size, now).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(Some(size))
+    }
+
+    async fn unlink_blob(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<bool, Error> {
+        let result = sqlx::query(
+            "DELETE FROM repository_blobs
+             WHERE repository_id = (SELECT id FROM repositories WHERE name = ?) AND digest = ?",
+        )
+        .bind(repository.as_str())
+        .bind(digest.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn commit_manifest(&self, commit: ManifestCommit<'_>) -> Result<(), Error> {
+        let mut tx = self.write().await?;
+        let repository_id = ensure_repository(&mut tx, commit.repository, commit.now).await?;
+        let mut missing = Vec::new();
+        for blob in &commit.blobs {
+            let held: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM repository_blobs WHERE repository_id = ? AND digest = ?",
+            )
+            .bind(repository_id)
+            .bind(blob.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+            if held.is_none() && !missing.contains(blob) {
+                missing.push(blob.clone());
+            }
+        }
+        for child in &commit.children {
+            let held: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM manifests WHERE repository_id = ? AND digest = ?",
+            )
+            .bind(repository_id)
+            .bind(child.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+            if held.is_none() && !missing.contains(child) {
+                missing.push(child.clone());
+            }
+        }
+        if !missing.is_empty() {
+            return Err(Error::UnknownReferences(missing));
+        }
+        let digest = commit.digest.to_string();
+        sqlx::query(
+            "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject, annotations, body, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(repository_id)
+        .bind(&digest)
+        .bind(commit.media_type)
+        .bind(commit.artifact_type)
+        .bind(commit.subject.map(ToString::to_string))
+        .bind(commit.annotations.as_deref())
+        .bind(commit.body)
+        .bind(commit.now)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let references = commit
+            .blobs
+            .iter()
+            .map(|d| (d, "blob"))
+            .chain(commit.children.iter().map(|d| (d, "manifest")));
+        for (target, kind) in references {
+            sqlx::query(
+                "INSERT INTO manifest_references (repository_id, manifest_digest, target_digest, kind)
+                 VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(repository_id)
+            .bind(&digest)
+            .bind(target.to_string())
+            .bind(kind)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        if let Some(tag) = commit.tag {
+            sqlx::query(
+                "INSERT INTO tags (repository_id, name, manifest_digest, updated_at) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (repository_id, name) DO UPDATE
+                 SET manifest_digest = excluded.manifest_digest, updated_at = excluded.updated_at",
+            )
+            .bind(repository_id)
+            .bind(tag.as_str())
+            .bind(&digest)
+            .bind(commit.now)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn manifest_by_tag(
+        &self,
+        repository: &RepositoryName,
+        tag: &Tag,
+    ) -> Result<Option<ManifestRecord>, Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {MANIFEST_COLUMNS} FROM repositories r
+             JOIN tags t ON t.repository_id = r.id
+             JOIN manifests m ON m.repository_id = r.id AND m.digest = t.manifest_digest
+             WHERE r.name = ? AND t.name = ?"
+        ))
+        .bind(repository.as_str())
+        .bind(tag.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.as_ref().map(manifest_record).transpose()
+    }
+
+    async fn manifest_by_digest(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<ManifestRecord>, Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {MANIFEST_COLUMNS} FROM repositories r
+             JOIN manifests m ON m.repository_id = r.id
+             WHERE r.name = ? AND m.digest = ?"
+        ))
+        .bind(repository.as_str())
+        .bind(digest.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.as_ref().map(manifest_record).transpose()
+    }
+
+    async fn delete_manifest(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<bool, Error> {
+        // Tags and references go with it through ON DELETE CASCADE, in the same statement.
+        let result = sqlx::query(
+            "DELETE FROM manifests
+             WHERE repository_id = (SELECT id FROM repositories WHERE name = ?) AND digest = ?",
+        )
+        .bind(repository.as_str())
+        .bind(digest.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn delete_tag(&self, repository: &RepositoryName, tag: &Tag) -> Result<bool, Error> {
+        let result = sqlx::query(
+            "DELETE FROM tags
+             WHERE repository_id = (SELECT id FROM repositories WHERE name = ?) AND name = ?",
+        )
+        .bind(repository.as_str())
+        .bind(tag.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn list_tags(
+        &self,
+        repository: &RepositoryName,
+        page: &PageRequest,
+    ) -> Result<Option<Vec<String>>, Error> {
+        let repository_id: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM repositories WHERE name = ?")
+                .bind(repository.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+        let Some(repository_id) = repository_id else {
+            return Ok(None);
+        };
+        let tags = sqlx::query_scalar(
+            "SELECT name FROM tags WHERE repository_id = ? AND name > ? ORDER BY name LIMIT ?",
+        )
+        .bind(repository_id)
+        .bind(page.after.as_deref().unwrap_or(""))
+        .bind(i64::from(page.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(Some(tags))
+    }
+
+    async fn list_repositories(&self, page: &PageRequest) -> Result<Vec<String>, Error> {
+        sqlx::query_scalar("SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?")
+            .bind(page.after.as_deref().unwrap_or(""))
+            .bind(i64::from(page.limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)
+    }
+
+    async fn referrers(
+        &self,
+        repository: &RepositoryName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>, Error> {
+        let rows = sqlx::query(
+            "SELECT m.digest, m.media_type, length(m.body) AS size, m.artifact_type, m.annotations
+             FROM repositories r JOIN manifests m ON m.repository_id = r.id
+             WHERE r.name = ? AND m.subject = ? AND (? IS NULL OR m.artifact_type = ?)
+             ORDER BY m.created_at, m.digest",
+        )
+        .bind(repository.as_str())
+        .bind(subject.to_string())
+        .bind(artifact_type)
+        .bind(artifact_type)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let digest: String = row.get("digest");
+                Ok(Referrer {
+                    digest: parse_digest(&digest)?,
+                    media_type: row.get("media_type"),
+                    size: to_u64(row.get("size")),
+                    artifact_type: row.get("artifact_type"),
+                    annotations: row.get("annotations"),
+                })
+            })
+            .collect()
+    }
+
+    async fn create_upload(&self, upload: &UploadRecord) -> Result<(), Error> {
+        sqlx::query("INSERT INTO uploads (id, repository, byte_offset, hash_state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(upload.id.to_string())
+            .bind(upload.repository.as_str())
+            .bind(to_i64(upload.offset))
+            .bind(&upload.hash_state)
+            .bind(upload.created_at)
+            .bind(upload.updated_at)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn upload(&self, id: UploadId) -> Result<Option<UploadRecord>, Error> {
+        let row = sqlx::query("SELECT * FROM uploads WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(upload_record).transpose()
+    }
+
+    async fn advance_upload(
+        &self,
+        id: UploadId,
+        expected_offset: u64,
+        offset: u64,
+        hash_state: &[u8],
+        now: Timestamp,
+    ) -> Result<bool, Error> {
+        let result = sqlx::query("UPDATE uploads SET byte_offset = ?, hash_state = ?, updated_at = ? WHERE id = ? AND byte_offset = ?")
+            .bind(to_i64(offset))
+            .bind(hash_state)
+            .bind(now)
+            .bind(id.to_string())
+            .bind(to_i64(expected_offset))
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn delete_upload(&self, id: UploadId) -> Result<bool, Error> {
+        let result = sqlx::query("DELETE FROM uploads WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn stale_uploads(
+        &self,
+        before: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<UploadRecord>, Error> {
+        let rows =
+            sqlx::query("SELECT * FROM uploads WHERE updated_at < ? ORDER BY updated_at LIMIT ?")
+                .bind(before)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+        rows.iter().map(upload_record).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn passes_the_metadata_behaviour_suite() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("metadata.db"))
+            .await
+            .expect("open");
+        metadata::behaviour::run(&store).await;
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_data_and_reapplies_no_migration() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("metadata.db");
+        let repo: RepositoryName = "keep/app".parse().expect("valid");
+        let digest = Digest::sha256_from_bytes(&[9; 32]);
+        {
+            let store = SqliteStore::open(&path).await.expect("open");
+            store.link_blob(&repo, &digest, 5, 1).await.expect("link");
+            store.close().await;
+        }
+        let store = SqliteStore::open(&path).await.expect("reopen");
+        assert_eq!(
+            store.blob_size(&repo, &digest).await.expect("query"),
+            Some(5)
+        );
+    }
+}

@@ -87,9 +87,12 @@ impl FromStr for Digest {
             "sha256" => Algorithm::Sha256,
             "sha512" => Algorithm::Sha512,
             other => {
-                let grammar_ok = other
-                    .split(['+', '.', '_', '-'])
-                    .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+                let grammar_ok = other.split(['+', '.', '_', '-']).all(|part| {
+                    !part.is_empty()
+                        && part
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                });
                 return Err(if grammar_ok {
                     DigestError::UnsupportedAlgorithm(other.to_owned())
                 } else {
@@ -98,7 +101,9 @@ impl FromStr for Digest {
             }
         };
         let well_formed = encoded.len() == algorithm.hex_len()
-            && encoded.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && encoded
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !well_formed {
             return Err(DigestError::BadEncoding(input.to_owned()));
         }
@@ -153,11 +158,14 @@ mod tests {
             (String::new(), Err("malformed")),
         ];
         for (input, expected) in cases {
-            let got = input.parse::<Digest>().map(|_| ()).map_err(|err| match err {
-                DigestError::Malformed(_) => "malformed",
-                DigestError::UnsupportedAlgorithm(_) => "unsupported",
-                DigestError::BadEncoding(_) => "encoding",
-            });
+            let got = input
+                .parse::<Digest>()
+                .map(|_| ())
+                .map_err(|err| match err {
+                    DigestError::Malformed(_) => "malformed",
+                    DigestError::UnsupportedAlgorithm(_) => "unsupported",
+                    DigestError::BadEncoding(_) => "encoding",
+                });
             assert_eq!(&got, expected, "input {input:?}");
         }
     }

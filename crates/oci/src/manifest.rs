@@ -41,7 +41,10 @@ impl ManifestKind {
     }
 
     fn is_index(self) -> bool {
-        matches!(self, ManifestKind::OciIndex | ManifestKind::DockerManifestList)
+        matches!(
+            self,
+            ManifestKind::OciIndex | ManifestKind::DockerManifestList
+        )
     }
 }
 
@@ -98,11 +101,15 @@ impl Manifest {
     /// Parses manifest bytes sent with `content_type` (which may be absent or generic, in
     /// which case the body's own `mediaType` decides).
     pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Manifest, ManifestError> {
-        let value: Value = serde_json::from_slice(body).map_err(|err| ManifestError::Json(err.to_string()))?;
+        let value: Value =
+            serde_json::from_slice(body).map_err(|err| ManifestError::Json(err.to_string()))?;
         if !value.is_object() {
-            return Err(ManifestError::Invalid("the top level must be a JSON object".into()));
+            return Err(ManifestError::Invalid(
+                "the top level must be a JSON object".into(),
+            ));
         }
-        let raw: RawManifest = serde_json::from_value(value).map_err(|err| ManifestError::Invalid(err.to_string()))?;
+        let raw: RawManifest =
+            serde_json::from_value(value).map_err(|err| ManifestError::Invalid(err.to_string()))?;
         let kind = Self::kind(content_type, &raw)?;
         if raw.schema_version != Some(2) {
             return Err(ManifestError::Invalid("schemaVersion must be 2".into()));
@@ -124,12 +131,17 @@ impl Manifest {
         let header = content_type.map(essence).filter(|ct| !ct.is_empty());
         let body = raw.media_type.as_deref();
         for candidate in [header.as_deref(), body].into_iter().flatten() {
-            if candidate == media_type::DOCKER_MANIFEST_V1 || candidate == media_type::DOCKER_MANIFEST_V1_SIGNED {
+            if candidate == media_type::DOCKER_MANIFEST_V1
+                || candidate == media_type::DOCKER_MANIFEST_V1_SIGNED
+            {
                 return Err(ManifestError::UnsupportedMediaType(candidate.to_owned()));
             }
         }
         let from_header = header.as_deref().and_then(ManifestKind::from_media_type);
-        let from_body = body.map(|mt| ManifestKind::from_media_type(mt).ok_or_else(|| ManifestError::UnsupportedMediaType(mt.to_owned())));
+        let from_body = body.map(|mt| {
+            ManifestKind::from_media_type(mt)
+                .ok_or_else(|| ManifestError::UnsupportedMediaType(mt.to_owned()))
+        });
         match (from_header, from_body) {
             (Some(h), Some(Ok(b))) if h != b => Err(ManifestError::Invalid(format!(
                 "Content-Type {} does not match the manifest's mediaType {}",
@@ -141,12 +153,16 @@ impl Manifest {
             (None, Some(Ok(b))) => Ok(b),
             (None, None) => match header {
                 // OCI manifests may omit mediaType; the Content-Type then names an unknown type.
-                Some(other) if other != "application/json" && other != "application/octet-stream" => {
+                Some(other)
+                    if other != "application/json" && other != "application/octet-stream" =>
+                {
                     Err(ManifestError::UnsupportedMediaType(other))
                 }
                 _ if raw.manifests.is_some() && raw.config.is_none() => Ok(ManifestKind::OciIndex),
                 _ if raw.config.is_some() => Ok(ManifestKind::OciManifest),
-                _ => Err(ManifestError::Invalid("no media type given and none can be inferred".into())),
+                _ => Err(ManifestError::Invalid(
+                    "no media type given and none can be inferred".into(),
+                )),
             },
         }
     }
@@ -154,23 +170,40 @@ impl Manifest {
     fn check_shape(&self) -> Result<(), ManifestError> {
         if self.kind.is_index() {
             if self.config.is_some() || !self.layers.is_empty() {
-                return Err(ManifestError::Invalid("an index must not have a config or layers".into()));
+                return Err(ManifestError::Invalid(
+                    "an index must not have a config or layers".into(),
+                ));
             }
             for child in &self.manifests {
-                if child.urls.is_empty() && ManifestKind::from_media_type(&child.media_type).is_none() && essence(&child.media_type).is_empty() {
-                    return Err(ManifestError::Invalid("an index entry has no media type".into()));
+                if child.urls.is_empty()
+                    && ManifestKind::from_media_type(&child.media_type).is_none()
+                    && essence(&child.media_type).is_empty()
+                {
+                    return Err(ManifestError::Invalid(
+                        "an index entry has no media type".into(),
+                    ));
                 }
             }
         } else {
             if self.config.is_none() {
-                return Err(ManifestError::Invalid("an image manifest must have a config descriptor".into()));
+                return Err(ManifestError::Invalid(
+                    "an image manifest must have a config descriptor".into(),
+                ));
             }
             if !self.manifests.is_empty() {
-                return Err(ManifestError::Invalid("an image manifest must not list manifests".into()));
+                return Err(ManifestError::Invalid(
+                    "an image manifest must not list manifests".into(),
+                ));
             }
         }
-        if matches!(self.kind, ManifestKind::DockerManifest | ManifestKind::DockerManifestList) && (self.subject.is_some() || self.artifact_type.is_some()) {
-            return Err(ManifestError::Invalid("Docker manifests cannot carry subject or artifactType".into()));
+        if matches!(
+            self.kind,
+            ManifestKind::DockerManifest | ManifestKind::DockerManifestList
+        ) && (self.subject.is_some() || self.artifact_type.is_some())
+        {
+            return Err(ManifestError::Invalid(
+                "Docker manifests cannot carry subject or artifactType".into(),
+            ));
         }
         Ok(())
     }
@@ -178,9 +211,9 @@ impl Manifest {
     /// Blobs that must exist in the repository before this manifest is accepted: the config
     /// and every layer a client is expected to fetch from the registry.
     pub fn required_blobs(&self) -> impl Iterator<Item = &Descriptor> {
-        self.config
-            .iter()
-            .chain(self.layers.iter().filter(|layer| !(media_type::is_foreign_layer(&layer.media_type) && !layer.urls.is_empty())))
+        self.config.iter().chain(self.layers.iter().filter(|layer| {
+            !(media_type::is_foreign_layer(&layer.media_type) && !layer.urls.is_empty())
+        }))
     }
 
     /// Child manifests that must exist in the repository (indexes only).
@@ -191,9 +224,11 @@ impl Manifest {
     /// What the referrers API reports as this manifest's type: its `artifactType`, else its
     /// config's media type.
     pub fn effective_artifact_type(&self) -> Option<&str> {
-        self.artifact_type
-            .as_deref()
-            .or_else(|| self.config.as_ref().map(|config| config.media_type.as_str()))
+        self.artifact_type.as_deref().or_else(|| {
+            self.config
+                .as_ref()
+                .map(|config| config.media_type.as_str())
+        })
     }
 }
 
@@ -237,45 +272,103 @@ mod tests {
             media_type::DOCKER_MANIFEST_LIST,
             media_type::DOCKER_MANIFEST
         );
-        let no_media_type = image("").replace(r#""mediaType":"application/vnd.oci.image.manifest.v1+json","#, "");
+        let no_media_type = image("").replace(
+            r#""mediaType":"application/vnd.oci.image.manifest.v1+json","#,
+            "",
+        );
         let cases: Vec<(Option<&str>, String, &str)> = vec![
             (Some(media_type::OCI_MANIFEST), image(""), "OciManifest"),
             (None, image(""), "OciManifest"),
-            (Some("application/vnd.oci.image.manifest.v1+json; charset=utf-8"), image(""), "OciManifest"),
-            (Some(media_type::DOCKER_MANIFEST), docker.clone(), "DockerManifest"),
+            (
+                Some("application/vnd.oci.image.manifest.v1+json; charset=utf-8"),
+                image(""),
+                "OciManifest",
+            ),
+            (
+                Some(media_type::DOCKER_MANIFEST),
+                docker.clone(),
+                "DockerManifest",
+            ),
             (Some(media_type::OCI_INDEX), index.clone(), "OciIndex"),
-            (Some(media_type::DOCKER_MANIFEST_LIST), list, "DockerManifestList"),
-            (Some(media_type::OCI_MANIFEST), no_media_type.clone(), "OciManifest"),
+            (
+                Some(media_type::DOCKER_MANIFEST_LIST),
+                list,
+                "DockerManifestList",
+            ),
+            (
+                Some(media_type::OCI_MANIFEST),
+                no_media_type.clone(),
+                "OciManifest",
+            ),
             (None, no_media_type, "OciManifest"),
             (Some(media_type::OCI_INDEX), image(""), "invalid"),
             (Some(media_type::DOCKER_MANIFEST), image(""), "invalid"),
             (Some(media_type::OCI_MANIFEST), index, "invalid"),
-            (Some(media_type::DOCKER_MANIFEST_V1_SIGNED), r#"{"schemaVersion":1}"#.into(), "unsupported"),
-            (Some("application/vnd.oci.artifact.manifest.v1+json"), r#"{"blobs":[]}"#.into(), "unsupported"),
-            (Some(media_type::OCI_MANIFEST), image("").replace("\"schemaVersion\":2", "\"schemaVersion\":1"), "invalid"),
-            (Some(media_type::OCI_MANIFEST), image("").replace(D1, "sha256:nothex"), "invalid"),
-            (Some(media_type::OCI_MANIFEST), image("").replace("\"size\":7", "\"size\":-7"), "invalid"),
+            (
+                Some(media_type::DOCKER_MANIFEST_V1_SIGNED),
+                r#"{"schemaVersion":1}"#.into(),
+                "unsupported",
+            ),
+            (
+                Some("application/vnd.oci.artifact.manifest.v1+json"),
+                r#"{"blobs":[]}"#.into(),
+                "unsupported",
+            ),
+            (
+                Some(media_type::OCI_MANIFEST),
+                image("").replace("\"schemaVersion\":2", "\"schemaVersion\":1"),
+                "invalid",
+            ),
+            (
+                Some(media_type::OCI_MANIFEST),
+                image("").replace(D1, "sha256:nothex"),
+                "invalid",
+            ),
+            (
+                Some(media_type::OCI_MANIFEST),
+                image("").replace("\"size\":7", "\"size\":-7"),
+                "invalid",
+            ),
             (Some(media_type::OCI_MANIFEST), "{not json".into(), "json"),
             (Some(media_type::OCI_MANIFEST), "[1,2]".into(), "invalid"),
             (Some(media_type::OCI_MANIFEST), String::new(), "json"),
             (None, r#"{"schemaVersion":2}"#.into(), "invalid"),
         ];
         for (content_type, body, expected) in cases {
-            assert_eq!(outcome(content_type, &body), expected, "content type {content_type:?}, body {body}");
+            assert_eq!(
+                outcome(content_type, &body),
+                expected,
+                "content type {content_type:?}, body {body}"
+            );
         }
     }
 
     #[test]
     fn extracts_references_subject_and_artifact_type() {
-        let subject = format!(r#","subject":{{"mediaType":"{}","digest":"{D2}","size":5}},"artifactType":"application/x.sbom""#, media_type::OCI_MANIFEST);
+        let subject = format!(
+            r#","subject":{{"mediaType":"{}","digest":"{D2}","size":5}},"artifactType":"application/x.sbom""#,
+            media_type::OCI_MANIFEST
+        );
         let manifest = Manifest::parse(None, image(&subject).as_bytes()).expect("valid manifest");
-        let blobs: Vec<String> = manifest.required_blobs().map(|d| d.digest.to_string()).collect();
+        let blobs: Vec<String> = manifest
+            .required_blobs()
+            .map(|d| d.digest.to_string())
+            .collect();
         assert_eq!(blobs, vec![D1.to_owned(), D2.to_owned()]);
-        assert_eq!(manifest.subject.as_ref().map(|s| s.digest.to_string()), Some(D2.to_owned()));
-        assert_eq!(manifest.effective_artifact_type(), Some("application/x.sbom"));
+        assert_eq!(
+            manifest.subject.as_ref().map(|s| s.digest.to_string()),
+            Some(D2.to_owned())
+        );
+        assert_eq!(
+            manifest.effective_artifact_type(),
+            Some("application/x.sbom")
+        );
 
         let plain = Manifest::parse(None, image("").as_bytes()).expect("valid manifest");
-        assert_eq!(plain.effective_artifact_type(), Some("application/vnd.oci.image.config.v1+json"));
+        assert_eq!(
+            plain.effective_artifact_type(),
+            Some("application/vnd.oci.image.config.v1+json")
+        );
     }
 
     #[test]

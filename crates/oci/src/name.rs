@@ -100,7 +100,9 @@ impl FromStr for Tag {
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         let bytes = input.as_bytes();
-        let first_ok = bytes.first().is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_');
+        let first_ok = bytes
+            .first()
+            .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_');
         let rest_ok = bytes
             .iter()
             .skip(1)
@@ -156,7 +158,11 @@ mod tests {
             ("team/app:tag", false),
         ];
         for (input, valid) in cases {
-            assert_eq!(input.parse::<RepositoryName>().is_ok(), *valid, "name {input:?}");
+            assert_eq!(
+                input.parse::<RepositoryName>().is_ok(),
+                *valid,
+                "name {input:?}"
+            );
         }
     }
 

@@ -42,7 +42,11 @@ pub fn resolve_request_range(header: &str, size: u64) -> Result<Option<ByteRange
         .trim()
         .split_once('-')
         .ok_or_else(|| RangeError::Malformed(header.to_owned()))?;
-    let parse = |text: &str| text.trim().parse::<u64>().map_err(|_| RangeError::Malformed(header.to_owned()));
+    let parse = |text: &str| {
+        text.trim()
+            .parse::<u64>()
+            .map_err(|_| RangeError::Malformed(header.to_owned()))
+    };
     let range = match (first.trim().is_empty(), last.trim().is_empty()) {
         (true, true) => return Err(RangeError::Malformed(header.to_owned())),
         (true, false) => {
@@ -78,7 +82,10 @@ pub fn resolve_request_range(header: &str, size: u64) -> Result<Option<ByteRange
 pub fn parse_content_range(header: &str) -> Result<ByteRange, RangeError> {
     let malformed = || RangeError::Malformed(header.to_owned());
     let text = header.trim();
-    let text = text.strip_prefix("bytes ").or_else(|| text.strip_prefix("bytes=")).unwrap_or(text);
+    let text = text
+        .strip_prefix("bytes ")
+        .or_else(|| text.strip_prefix("bytes="))
+        .unwrap_or(text);
     let text = text.split_once('/').map_or(text, |(range, _total)| range);
     let (start, end) = text.split_once('-').ok_or_else(malformed)?;
     let start: u64 = start.trim().parse().map_err(|_| malformed())?;
@@ -123,7 +130,11 @@ mod tests {
             ("items=0-1", 100, "whole"),
         ];
         for (header, size, expected) in cases {
-            assert_eq!(show(resolve_request_range(header, *size)), *expected, "header {header:?} size {size}");
+            assert_eq!(
+                show(resolve_request_range(header, *size)),
+                *expected,
+                "header {header:?} size {size}"
+            );
         }
     }
 

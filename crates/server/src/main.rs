@@ -1,1 +1,64 @@
-fn main() {}
+//! `bulwark`: the registry server.
+//!
+//! `bulwark serve` (or plain `bulwark`) runs the registry with zero configuration: SQLite and
+//! blobs in `./bulwark-data`, HTTPS on port 5000 with a generated certificate.
+
+mod config;
+mod serve;
+mod tls;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "bulwark", version, about = "A secure OCI container registry")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// `bulwark` with no command: serve, with settings from `BULWARK_*` variables only.
+#[derive(Parser)]
+struct ServeDefaults {
+    #[command(flatten)]
+    overrides: config::Overrides,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the registry (the default when no command is given).
+    Serve(config::Overrides),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let overrides = match cli.command {
+        Some(Command::Serve(overrides)) => overrides,
+        None => ServeDefaults::parse_from(["bulwark"]).overrides,
+    };
+    let config = match config::Config::load(&overrides) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("bulwark: {err:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    serve::init_logging(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("bulwark: cannot start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve::run(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("bulwark stopped: {err:#}");
+            eprintln!("bulwark: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

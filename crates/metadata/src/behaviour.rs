@@ -1,0 +1,409 @@
+//! The behaviour every `MetadataStore` backend must show. Each backend's tests call `run`
+//! with a fresh, empty store; a failure panics with what was expected.
+
+use oci::{Digest, RepositoryName, Tag};
+
+use crate::{Error, ManifestCommit, MetadataStore, PageRequest, UploadId, UploadRecord};
+
+fn digest(n: u8) -> Digest {
+    Digest::sha256_from_bytes(&[n; 32])
+}
+
+fn name(text: &str) -> RepositoryName {
+    text.parse().expect("test repository names are valid")
+}
+
+fn tag(text: &str) -> Tag {
+    text.parse().expect("test tags are valid")
+}
+
+fn page(limit: u32, after: Option<&str>) -> PageRequest {
+    PageRequest {
+        limit,
+        after: after.map(str::to_owned),
+    }
+}
+
+fn commit<'a>(
+    repository: &'a RepositoryName,
+    manifest: &'a Digest,
+    blobs: Vec<Digest>,
+    tag: Option<&'a Tag>,
+) -> ManifestCommit<'a> {
+    ManifestCommit {
+        repository,
+        digest: manifest,
+        media_type: oci::media_type::OCI_MANIFEST,
+        body: b"{\"schemaVersion\":2}",
+        artifact_type: None,
+        subject: None,
+        annotations: None,
+        blobs,
+        children: Vec::new(),
+        tag,
+        now: 1_000,
+    }
+}
+
+/// Runs every behaviour check against `store`, which must start empty.
+pub async fn run(store: &dyn MetadataStore) {
+    blobs_are_visible_per_repository(store).await;
+    manifests_require_their_references(store).await;
+    tags_move_and_delete(store).await;
+    deleting_a_manifest_removes_its_tags(store).await;
+    listings_paginate_in_lexical_order(store).await;
+    referrers_filter_by_artifact_type(store).await;
+    uploads_advance_only_from_the_expected_offset(store).await;
+}
+
+async fn blobs_are_visible_per_repository(store: &dyn MetadataStore) {
+    let (a, b) = (name("blobs/a"), name("blobs/b"));
+    let blob = digest(1);
+    assert_eq!(store.blob_size(&a, &blob).await.expect("query"), None);
+    store.link_blob(&a, &blob, 42, 1).await.expect("link");
+    store
+        .link_blob(&a, &blob, 42, 2)
+        .await
+        .expect("linking twice is harmless");
+    assert_eq!(store.blob_size(&a, &blob).await.expect("query"), Some(42));
+    assert_eq!(
+        store.blob_size(&b, &blob).await.expect("query"),
+        None,
+        "a blob is visible only where it was linked"
+    );
+
+    assert_eq!(
+        store
+            .mount_blob(&b, &name("blobs/none"), &blob, 3)
+            .await
+            .expect("mount"),
+        None
+    );
+    assert_eq!(
+        store.mount_blob(&b, &a, &blob, 3).await.expect("mount"),
+        Some(42)
+    );
+    assert_eq!(store.blob_size(&b, &blob).await.expect("query"), Some(42));
+
+    assert!(store.unlink_blob(&a, &blob).await.expect("unlink"));
+    assert!(
+        !store.unlink_blob(&a, &blob).await.expect("unlink"),
+        "a second unlink finds nothing"
+    );
+    assert_eq!(store.blob_size(&a, &blob).await.expect("query"), None);
+    assert_eq!(
+        store.blob_size(&b, &blob).await.expect("query"),
+        Some(42),
+        "unlinking in one repository leaves the other"
+    );
+}
+
+async fn manifests_require_their_references(store: &dyn MetadataStore) {
+    let repo = name("refs/app");
+    let (config, layer, manifest) = (digest(10), digest(11), digest(12));
+    store.link_blob(&repo, &config, 2, 1).await.expect("link");
+    match store
+        .commit_manifest(commit(
+            &repo,
+            &manifest,
+            vec![config.clone(), layer.clone()],
+            None,
+        ))
+        .await
+    {
+        Err(Error::UnknownReferences(missing)) => assert_eq!(missing, vec![layer.clone()]),
+        other => panic!("expected UnknownReferences, got {other:?}"),
+    }
+    assert_eq!(
+        store
+            .manifest_by_digest(&repo, &manifest)
+            .await
+            .expect("query"),
+        None,
+        "a refused manifest leaves nothing behind"
+    );
+
+    store.link_blob(&repo, &layer, 3, 1).await.expect("link");
+    store
+        .commit_manifest(commit(&repo, &manifest, vec![config, layer], None))
+        .await
+        .expect("commit");
+    let record = store
+        .manifest_by_digest(&repo, &manifest)
+        .await
+        .expect("query")
+        .expect("stored");
+    assert_eq!(record.body, b"{\"schemaVersion\":2}");
+    assert_eq!(record.media_type, oci::media_type::OCI_MANIFEST);
+
+    let index = digest(13);
+    let missing_child = digest(14);
+    let mut index_commit = commit(&repo, &index, Vec::new(), None);
+    index_commit.children = vec![manifest.clone(), missing_child.clone()];
+    match store.commit_manifest(index_commit.clone()).await {
+        Err(Error::UnknownReferences(missing)) => assert_eq!(missing, vec![missing_child]),
+        other => panic!("expected UnknownReferences for a child manifest, got {other:?}"),
+    }
+    index_commit.children = vec![manifest.clone()];
+    store
+        .commit_manifest(index_commit.clone())
+        .await
+        .expect("an index of held manifests commits");
+    store
+        .commit_manifest(index_commit)
+        .await
+        .expect("committing the same manifest again is idempotent");
+}
+
+async fn tags_move_and_delete(store: &dyn MetadataStore) {
+    let repo = name("tags/app");
+    let (first, second) = (digest(20), digest(21));
+    let latest = tag("latest");
+    store
+        .commit_manifest(commit(&repo, &first, Vec::new(), Some(&latest)))
+        .await
+        .expect("commit");
+    let found = store
+        .manifest_by_tag(&repo, &latest)
+        .await
+        .expect("query")
+        .expect("tagged");
+    assert_eq!(found.digest, first);
+    store
+        .commit_manifest(commit(&repo, &second, Vec::new(), Some(&latest)))
+        .await
+        .expect("commit");
+    let found = store
+        .manifest_by_tag(&repo, &latest)
+        .await
+        .expect("query")
+        .expect("tagged");
+    assert_eq!(found.digest, second, "pushing a tag again moves it");
+    assert!(
+        store
+            .manifest_by_digest(&repo, &first)
+            .await
+            .expect("query")
+            .is_some(),
+        "the untagged manifest stays"
+    );
+
+    assert!(store.delete_tag(&repo, &latest).await.expect("delete"));
+    assert!(!store.delete_tag(&repo, &latest).await.expect("delete"));
+    assert_eq!(
+        store.manifest_by_tag(&repo, &latest).await.expect("query"),
+        None
+    );
+    assert!(
+        store
+            .manifest_by_digest(&repo, &second)
+            .await
+            .expect("query")
+            .is_some(),
+        "deleting a tag keeps its manifest"
+    );
+}
+
+async fn deleting_a_manifest_removes_its_tags(store: &dyn MetadataStore) {
+    let repo = name("delete/app");
+    let manifest = digest(30);
+    let (v1, v2) = (tag("v1"), tag("v2"));
+    store
+        .commit_manifest(commit(&repo, &manifest, Vec::new(), Some(&v1)))
+        .await
+        .expect("commit");
+    store
+        .commit_manifest(commit(&repo, &manifest, Vec::new(), Some(&v2)))
+        .await
+        .expect("commit");
+    assert!(store
+        .delete_manifest(&repo, &manifest)
+        .await
+        .expect("delete"));
+    assert!(!store
+        .delete_manifest(&repo, &manifest)
+        .await
+        .expect("delete"));
+    assert_eq!(
+        store.manifest_by_tag(&repo, &v1).await.expect("query"),
+        None
+    );
+    assert_eq!(
+        store.manifest_by_tag(&repo, &v2).await.expect("query"),
+        None
+    );
+    assert_eq!(
+        store
+            .list_tags(&repo, &page(100, None))
+            .await
+            .expect("list"),
+        Some(Vec::new())
+    );
+}
+
+async fn listings_paginate_in_lexical_order(store: &dyn MetadataStore) {
+    let repo = name("list/app");
+    let manifest = digest(40);
+    for text in ["b", "a", "C", "a1", "c"] {
+        store
+            .commit_manifest(commit(&repo, &manifest, Vec::new(), Some(&tag(text))))
+            .await
+            .expect("commit");
+    }
+    let all = store
+        .list_tags(&repo, &page(100, None))
+        .await
+        .expect("list")
+        .expect("known");
+    assert_eq!(all, vec!["C", "a", "a1", "b", "c"]);
+    let first = store
+        .list_tags(&repo, &page(2, None))
+        .await
+        .expect("list")
+        .expect("known");
+    assert_eq!(first, vec!["C", "a"]);
+    let next = store
+        .list_tags(&repo, &page(2, Some("a")))
+        .await
+        .expect("list")
+        .expect("known");
+    assert_eq!(next, vec!["a1", "b"]);
+    let none = store
+        .list_tags(&repo, &page(0, None))
+        .await
+        .expect("list")
+        .expect("known");
+    assert!(none.is_empty());
+    assert_eq!(
+        store
+            .list_tags(&name("list/unknown"), &page(10, None))
+            .await
+            .expect("list"),
+        None
+    );
+
+    let repositories = store
+        .list_repositories(&page(1000, None))
+        .await
+        .expect("catalog");
+    let mut sorted = repositories.clone();
+    sorted.sort();
+    assert_eq!(repositories, sorted, "the catalog is in lexical order");
+    assert!(repositories.contains(&"list/app".to_owned()));
+    let after = store
+        .list_repositories(&page(1, Some("list/app")))
+        .await
+        .expect("catalog");
+    assert!(after.iter().all(|n| n.as_str() > "list/app"));
+}
+
+async fn referrers_filter_by_artifact_type(store: &dyn MetadataStore) {
+    let repo = name("referrers/app");
+    let subject = digest(50);
+    let (sbom, signature, unrelated) = (digest(51), digest(52), digest(53));
+    let mut with_sbom = commit(&repo, &sbom, Vec::new(), None);
+    with_sbom.subject = Some(&subject);
+    with_sbom.artifact_type = Some("application/spdx+json");
+    with_sbom.annotations = Some(r#"{"org.example":"yes"}"#.into());
+    store
+        .commit_manifest(with_sbom)
+        .await
+        .expect("a subject need not exist yet");
+    let mut with_signature = commit(&repo, &signature, Vec::new(), None);
+    with_signature.subject = Some(&subject);
+    with_signature.artifact_type = Some("application/vnd.dev.cosign.artifact.sig.v1+json");
+    store.commit_manifest(with_signature).await.expect("commit");
+    store
+        .commit_manifest(commit(&repo, &unrelated, Vec::new(), None))
+        .await
+        .expect("commit");
+
+    let mut all = store
+        .referrers(&repo, &subject, None)
+        .await
+        .expect("referrers");
+    all.sort_by(|a, b| a.digest.cmp(&b.digest));
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].digest, sbom);
+    assert_eq!(
+        all[0].annotations.as_deref(),
+        Some(r#"{"org.example":"yes"}"#)
+    );
+    assert_eq!(all[0].size, b"{\"schemaVersion\":2}".len() as u64);
+    let filtered = store
+        .referrers(&repo, &subject, Some("application/spdx+json"))
+        .await
+        .expect("referrers");
+    assert_eq!(
+        filtered
+            .iter()
+            .map(|r| r.digest.clone())
+            .collect::<Vec<_>>(),
+        vec![sbom.clone()]
+    );
+    assert!(store
+        .referrers(&repo, &digest(59), None)
+        .await
+        .expect("referrers")
+        .is_empty());
+
+    assert!(store.delete_manifest(&repo, &sbom).await.expect("delete"));
+    assert_eq!(
+        store
+            .referrers(&repo, &subject, None)
+            .await
+            .expect("referrers")
+            .len(),
+        1,
+        "a deleted referrer disappears"
+    );
+}
+
+async fn uploads_advance_only_from_the_expected_offset(store: &dyn MetadataStore) {
+    let id = UploadId(uuid::Uuid::from_u128(7));
+    let record = UploadRecord {
+        id,
+        repository: name("uploads/app"),
+        offset: 0,
+        hash_state: vec![1, 2, 3],
+        created_at: 100,
+        updated_at: 100,
+    };
+    assert_eq!(store.upload(id).await.expect("query"), None);
+    store.create_upload(&record).await.expect("create");
+    assert_eq!(store.upload(id).await.expect("query"), Some(record.clone()));
+
+    assert!(store
+        .advance_upload(id, 0, 10, &[4, 5], 200)
+        .await
+        .expect("advance"));
+    assert!(
+        !store
+            .advance_upload(id, 0, 20, &[6], 300)
+            .await
+            .expect("advance"),
+        "a stale offset loses"
+    );
+    let advanced = store.upload(id).await.expect("query").expect("exists");
+    assert_eq!(
+        (
+            advanced.offset,
+            advanced.hash_state.as_slice(),
+            advanced.updated_at
+        ),
+        (10, &[4u8, 5][..], 200)
+    );
+
+    let other = UploadRecord {
+        id: UploadId(uuid::Uuid::from_u128(8)),
+        updated_at: 500,
+        ..record
+    };
+    store.create_upload(&other).await.expect("create");
+    let stale = store.stale_uploads(300, 10).await.expect("stale");
+    assert_eq!(stale.iter().map(|u| u.id).collect::<Vec<_>>(), vec![id]);
+
+    assert!(store.delete_upload(id).await.expect("delete"));
+    assert!(!store.delete_upload(id).await.expect("delete"));
+    assert_eq!(store.upload(id).await.expect("query"), None);
+}

@@ -1,0 +1,64 @@
+//! What can go wrong in a registry use case, in the registry's words. `api` maps each variant
+//! to the distribution-spec code and status.
+
+use oci::{Digest, RepositoryName};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("blob {0} is unknown to this repository")]
+    BlobUnknown(Digest),
+    #[error("upload {0} is unknown")]
+    UploadUnknown(String),
+    #[error("upload is invalid: {0}")]
+    UploadInvalid(String),
+    /// A chunk did not start where the upload stands.
+    #[error("chunk starts at byte {got}, but the upload stands at byte {offset}")]
+    UploadOutOfOrder { offset: u64, got: u64 },
+    #[error("range cannot be satisfied for a blob of {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("range {0:?} is malformed")]
+    RangeInvalid(String),
+    #[error("{0}")]
+    DigestInvalid(String),
+    #[error("manifest is invalid: {0}")]
+    ManifestInvalid(String),
+    #[error("manifest is larger than the limit of {limit} bytes")]
+    ManifestTooLarge { limit: usize },
+    #[error("manifest {0} is unknown to this repository")]
+    ManifestUnknown(String),
+    #[error("manifest references blobs or manifests this repository does not hold: {0:?}")]
+    ManifestBlobUnknown(Vec<Digest>),
+    #[error("repository {0} is unknown")]
+    NameUnknown(RepositoryName),
+    /// A backend is down; the client should retry later.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    /// A fault of the server; the text is for the log, never for the client.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<metadata::Error> for Error {
+    fn from(err: metadata::Error) -> Self {
+        match err {
+            metadata::Error::UnknownReferences(missing) => Error::ManifestBlobUnknown(missing),
+            metadata::Error::Unavailable(text) => Error::Unavailable(text),
+            metadata::Error::Internal(text) => Error::Internal(text),
+        }
+    }
+}
+
+impl From<blobstore::Error> for Error {
+    fn from(err: blobstore::Error) -> Self {
+        match err {
+            // Metadata says the blob exists but storage lost it: a server fault, not a 404.
+            blobstore::Error::Missing(digest) => {
+                Error::Internal(format!("blob {digest} is linked but missing from storage"))
+            }
+            blobstore::Error::Body(text) => {
+                Error::UploadInvalid(format!("the request body failed: {text}"))
+            }
+            blobstore::Error::Storage(text) => Error::Internal(text),
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Blob uploads: sessions that survive restarts and never re-read their bytes.
+//!
+//! A session's record (offset and SHA-256 state) lives in the metadata store and is advanced at
+//! the end of every chunk; its bytes live in the blob store's staging area. Finishing an upload
+//! finalizes the saved hash, compares it with the client's digest, moves the bytes into place
+//! and links the blob, in that order.
+
+use std::time::Duration;
+
+use blobstore::Sha256State;
+use bytes::Bytes;
+use futures_util::Stream;
+use metadata::{UploadId, UploadRecord};
+use oci::{Algorithm, ByteRange, Digest, RepositoryName};
+
+use crate::{now, Error, Registry};
+
+/// Where an upload stands: the client resumes from `offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadStatus {
+    pub id: UploadId,
+    pub offset: u64,
+}
+
+/// What `POST /blobs/uploads/` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadStart {
+    /// The blob was mounted from another repository; no upload is needed.
+    Mounted(Digest),
+    Session(UploadStatus),
+}
+
+impl Registry {
+    /// Starts an upload, or mounts `digest` from `from` when that repository holds it.
+    pub async fn start_upload(
+        &self,
+        repository: &RepositoryName,
+        mount: Option<(&Digest, &RepositoryName)>,
+    ) -> Result<UploadStart, Error> {
+        if let Some((digest, from)) = mount {
+            if self
+                .metadata
+                .mount_blob(repository, from, digest, now())
+                .await?
+                .is_some()
+            {
+                tracing::info!(repository = %repository, digest = %digest, from = %from, "mounted blob {digest} from {from} into {repository}");
+                return Ok(UploadStart::Mounted(digest.clone()));
+            }
+        }
+        let time = now();
+        let record = UploadRecord {
+            id: UploadId(uuid::Uuid::new_v4()),
+            repository: repository.clone(),
+            offset: 0,
+            hash_state: Sha256State::new().to_bytes(),
+            created_at: time,
+            updated_at: time,
+        };
+        self.metadata.create_upload(&record).await?;
+        Ok(UploadStart::Session(UploadStatus {
+            id: record.id,
+            offset: 0,
+        }))
+    }
+
+    /// A monolithic upload: the whole blob in one request.
+    pub async fn upload_blob<S, E>(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+        body: S,
+    ) -> Result<(), Error>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let UploadStart::Session(status) = self.start_upload(repository, None).await? else {
+            return Err(Error::Internal(
+                "a plain upload start mounted a blob".into(),
+            ));
+        };
+        self.finish_upload(repository, &status.id.to_string(), digest, None, body)
+            .await
+    }
+
+    async fn session(&self, repository: &RepositoryName, id: &str) -> Result<UploadRecord, Error> {
+        let unknown = || Error::UploadUnknown(id.to_owned());
+        let uuid = uuid::Uuid::try_parse(id).map_err(|_| unknown())?;
+        let record = self
+            .metadata
+            .upload(UploadId(uuid))
+            .await?
+            .ok_or_else(unknown)?;
+        if record.repository != *repository {
+            return Err(unknown());
+        }
+        Ok(record)
+    }
+
+    pub async fn upload_status(
+        &self,
+        repository: &RepositoryName,
+        id: &str,
+    ) -> Result<UploadStatus, Error> {
+        let record = self.session(repository, id).await?;
+        Ok(UploadStatus {
+            id: record.id,
+            offset: record.offset,
+        })
+    }
+
+    /// Appends a chunk. A `Content-Range` must start where the upload stands and announce
+    /// exactly the bytes sent.
+    pub async fn append_upload<S, E>(
+        &self,
+        repository: &RepositoryName,
+        id: &str,
+        range: Option<ByteRange>,
+        body: S,
+    ) -> Result<UploadStatus, Error>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let record = self.session(repository, id).await?;
+        let offset = self.append(&record, range, body).await?;
+        Ok(UploadStatus {
+            id: record.id,
+            offset,
+        })
+    }
+
+    async fn append<S, E>(
+        &self,
+        record: &UploadRecord,
+        range: Option<ByteRange>,
+        body: S,
+    ) -> Result<u64, Error>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        if let Some(range) = range {
+            if range.start != record.offset {
+                return Err(Error::UploadOutOfOrder {
+                    offset: record.offset,
+                    got: range.start,
+                });
+            }
+        }
+        let mut state = Sha256State::from_bytes(&record.hash_state)
+            .map_err(|err| Error::Internal(format!("upload {}: {err}", record.id)))?;
+        let session = record.id.to_string();
+        let written = self
+            .blobs
+            .append(&session, record.offset, &mut state, body)
+            .await?;
+        if let Some(range) = range {
+            if written != range.len() {
+                return Err(Error::UploadInvalid(format!(
+                    "Content-Range announced {} bytes but the body carried {written}",
+                    range.len()
+                )));
+            }
+        }
+        if written == 0 {
+            return Ok(record.offset);
+        }
+        let offset = record.offset + written;
+        if !self
+            .metadata
+            .advance_upload(record.id, record.offset, offset, &state.to_bytes(), now())
+            .await?
+        {
+            return Err(Error::UploadInvalid(
+                "another request advanced this upload at the same time".into(),
+            ));
+        }
+        Ok(offset)
+    }
+
+    /// Completes an upload with an optional last chunk, checks the digest and links the blob.
+    /// A digest mismatch cancels the upload: its bytes are not kept under any name.
+    pub async fn finish_upload<S, E>(
+        &self,
+        repository: &RepositoryName,
+        id: &str,
+        digest: &Digest,
+        range: Option<ByteRange>,
+        body: S,
+    ) -> Result<(), Error>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let mut record = self.session(repository, id).await?;
+        if digest.algorithm() != Algorithm::Sha256 {
+            self.discard(&record).await;
+            return Err(Error::DigestInvalid(format!(
+                "digest {digest} uses an algorithm this registry does not compute; use sha256"
+            )));
+        }
+        let offset = self.append(&record, range, body).await?;
+        if offset != record.offset {
+            record = self.session(repository, id).await?;
+        }
+        let state = Sha256State::from_bytes(&record.hash_state)
+            .map_err(|err| Error::Internal(format!("upload {id}: {err}")))?;
+        let actual = state.finish();
+        if actual != *digest {
+            self.discard(&record).await;
+            return Err(Error::DigestInvalid(format!(
+                "the uploaded content has digest {actual}, not {digest}"
+            )));
+        }
+        self.blobs.commit(id, digest, record.offset).await?;
+        self.metadata
+            .link_blob(repository, digest, record.offset, now())
+            .await?;
+        self.metadata.delete_upload(record.id).await?;
+        tracing::info!(repository = %repository, digest = %digest, size = record.offset, "pushed blob {digest} to {repository}");
+        Ok(())
+    }
+
+    pub async fn cancel_upload(&self, repository: &RepositoryName, id: &str) -> Result<(), Error> {
+        let record = self.session(repository, id).await?;
+        self.blobs.abort(id).await?;
+        self.metadata.delete_upload(record.id).await?;
+        Ok(())
+    }
+
+    /// Best effort: a failure here leaves a session that expiry removes later.
+    async fn discard(&self, record: &UploadRecord) {
+        let id = record.id.to_string();
+        if let Err(err) = self.blobs.abort(&id).await {
+            tracing::warn!(upload = %id, "could not remove the bytes of upload {id}: {err}");
+        }
+        if let Err(err) = self.metadata.delete_upload(record.id).await {
+            tracing::warn!(upload = %id, "could not remove upload {id}: {err}");
+        }
+    }
+
+    /// Removes upload sessions untouched for longer than the configured expiry, with their
+    /// bytes. Returns how many were removed.
+    pub async fn expire_uploads(&self) -> Result<usize, Error> {
+        let expiry = i64::try_from(self.limits.upload_expiry.as_secs()).unwrap_or(i64::MAX);
+        let cutoff = now().saturating_sub(expiry);
+        let mut removed = 0;
+        loop {
+            let stale = self.metadata.stale_uploads(cutoff, 100).await?;
+            let batch = stale.len();
+            for record in stale {
+                self.blobs.abort(&record.id.to_string()).await?;
+                self.metadata.delete_upload(record.id).await?;
+                removed += 1;
+            }
+            if batch < 100 {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// How long to wait between two expiry sweeps.
+    pub fn expiry_interval(&self) -> Duration {
+        (self.limits.upload_expiry / 10).clamp(Duration::from_secs(1), Duration::from_secs(600))
+    }
+}

@@ -1,0 +1,312 @@
+//! Configuration: built-in defaults, overridden by a TOML file, then by `BULWARK_*`
+//! environment variables and command-line flags (clap reads both; a flag beats its variable).
+//!
+//! Invariant: `config/bulwark.example.toml` documents every key and equals `Config::default()`
+//! (a test checks it), so the example is always a true description of the defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where metadata, blobs and generated certificates live.
+    pub data_dir: PathBuf,
+    /// Address and port of the HTTPS listener.
+    pub listen: String,
+    pub tls: TlsConfig,
+    pub limits: LimitsConfig,
+    pub uploads: UploadsConfig,
+    pub shutdown: ShutdownConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Extra names for the generated server certificate.
+    pub sans: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_manifest_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UploadsConfig {
+    pub expiry: HumanDuration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    pub grace: HumanDuration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info` or `info,api=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./bulwark-data"),
+            listen: "0.0.0.0:5000".into(),
+            tls: TlsConfig::default(),
+            limits: LimitsConfig::default(),
+            uploads: UploadsConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_manifest_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for UploadsConfig {
+    fn default() -> Self {
+        UploadsConfig {
+            expiry: HumanDuration(Duration::from_secs(24 * 3600)),
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// A duration written as a number and a unit: `90s`, `30m`, `24h`, `7d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl std::str::FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: u64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a duration like 30s, 15m, 24h or 7d"))?;
+        let seconds = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => return Err(format!("{text:?} has no unit; use s, m, h or d")),
+        };
+        number
+            .checked_mul(seconds)
+            .map(|secs| HumanDuration(Duration::from_secs(secs)))
+            .ok_or_else(|| format!("{text:?} is too long"))
+    }
+}
+
+impl std::fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.0.as_secs();
+        match secs {
+            0 => write!(f, "0s"),
+            s if s % 86_400 == 0 => write!(f, "{}d", s / 86_400),
+            s if s % 3600 == 0 => write!(f, "{}h", s / 3600),
+            s if s % 60 == 0 => write!(f, "{}m", s / 60),
+            s => write!(f, "{s}s"),
+        }
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Settings given on the command line or in `BULWARK_*` variables; each overrides the file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    /// A TOML configuration file (see config/bulwark.example.toml).
+    #[arg(long, env = "BULWARK_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "BULWARK_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address and port to listen on, e.g. 0.0.0.0:5000 or 127.0.0.1:0 for any free port.
+    #[arg(long, env = "BULWARK_LISTEN")]
+    pub listen: Option<String>,
+    #[arg(long, env = "BULWARK_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, env = "BULWARK_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Extra DNS names or IP addresses for the generated certificate (repeatable).
+    #[arg(long = "tls-san", env = "BULWARK_TLS_SANS", value_delimiter = ',')]
+    pub tls_sans: Vec<String>,
+    #[arg(long, env = "BULWARK_MAX_MANIFEST_BYTES")]
+    pub max_manifest_bytes: Option<usize>,
+    /// How long an untouched upload session lives, e.g. 24h.
+    #[arg(long, env = "BULWARK_UPLOAD_EXPIRY")]
+    pub upload_expiry: Option<HumanDuration>,
+    /// How long SIGTERM waits for in-flight requests, e.g. 30s.
+    #[arg(long, env = "BULWARK_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<HumanDuration>,
+    /// A tracing filter, e.g. info or debug.
+    #[arg(long, env = "BULWARK_LOG")]
+    pub log_level: Option<String>,
+    #[arg(long, env = "BULWARK_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Defaults, then the file named by `overrides.config`, then the overrides themselves.
+    pub fn load(overrides: &Overrides) -> anyhow::Result<Config> {
+        let mut config = match &overrides.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|err| anyhow::anyhow!("reading {}: {err}", path.display()))?;
+                toml::from_str(&text).map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        let o = overrides.clone();
+        if let Some(v) = o.data_dir {
+            config.data_dir = v;
+        }
+        if let Some(v) = o.listen {
+            config.listen = v;
+        }
+        if let (Some(cert), Some(key)) = (o.tls_cert, o.tls_key) {
+            config.tls.cert = Some(cert);
+            config.tls.key = Some(key);
+        }
+        config
+            .tls
+            .sans
+            .extend(o.tls_sans.into_iter().filter(|s| !s.is_empty()));
+        if let Some(v) = o.max_manifest_bytes {
+            config.limits.max_manifest_bytes = v;
+        }
+        if let Some(v) = o.upload_expiry {
+            config.uploads.expiry = v;
+        }
+        if let Some(v) = o.shutdown_grace {
+            config.shutdown.grace = v;
+        }
+        if let Some(v) = o.log_level {
+            config.log.level = v;
+        }
+        if let Some(v) = o.log_format {
+            config.log.format = v;
+        }
+        if config.tls.cert.is_some() != config.tls.key.is_some() {
+            anyhow::bail!("tls.cert and tls.key must be set together");
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_equals_the_defaults() {
+        let text = include_str!("../../../config/bulwark.example.toml");
+        let parsed: Config = toml::from_str(text).expect("the example parses");
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn durations_read_and_print_with_units() {
+        let cases: &[(&str, Option<u64>)] = &[
+            ("30s", Some(30)),
+            ("15m", Some(900)),
+            ("24h", Some(86_400)),
+            ("7d", Some(604_800)),
+            ("0s", Some(0)),
+            ("10", None),
+            ("h", None),
+            ("1w", None),
+            ("-5s", None),
+            ("99999999999999999999d", None),
+        ];
+        for (text, expected) in cases {
+            let parsed = text.parse::<HumanDuration>().ok().map(|d| d.0.as_secs());
+            assert_eq!(parsed, *expected, "{text}");
+        }
+        assert_eq!(HumanDuration(Duration::from_secs(86_400)).to_string(), "1d");
+        assert_eq!(HumanDuration(Duration::from_secs(90)).to_string(), "90s");
+    }
+
+    #[test]
+    fn flags_and_variables_override_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("bulwark.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:6000\"\n[limits]\nmax_manifest_bytes = 100\n",
+        )
+        .expect("write");
+        let overrides = Overrides {
+            config: Some(file),
+            max_manifest_bytes: Some(200),
+            tls_sans: vec!["registry.test".into()],
+            ..Overrides::default()
+        };
+        let config = Config::load(&overrides).expect("load");
+        assert_eq!(config.listen, "127.0.0.1:6000");
+        assert_eq!(config.limits.max_manifest_bytes, 200);
+        assert_eq!(config.tls.sans, vec!["registry.test".to_owned()]);
+        assert_eq!(config.data_dir, PathBuf::from("./bulwark-data"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<Config>("listne = \"x\"").expect_err("typo must fail");
+        assert!(err.to_string().contains("listne"));
+    }
+}

@@ -1,0 +1,211 @@
+//! `bulwark serve`: open the stores, listen with TLS, run background work, drain on SIGTERM.
+//!
+//! Invariants:
+//! - There is no plaintext listener. A plaintext HTTP request on the TLS port is answered
+//!   with a short 400 that says to use https, then the connection is closed.
+//! - On SIGTERM or SIGINT the listener closes at once; requests in flight get up to the
+//!   configured grace period to finish.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
+use registry::{Limits, Registry};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{Config, LogConfig, LogFormat};
+use crate::tls;
+
+/// A client that neither sends a TLS hello nor finishes its handshake in time is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+pub fn init_logging(config: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.level).unwrap_or_else(|err| {
+        eprintln!("bulwark: ignoring log level {:?}: {err}", config.level);
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let data_dir = &config.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+
+    let metadata = metadata_sqlite::SqliteStore::open(&data_dir.join("metadata.db"))
+        .await
+        .context("opening the metadata database")?;
+    let blobs =
+        blobstore::BlobStore::local(&data_dir.join("storage")).context("opening blob storage")?;
+    let limits = Limits {
+        max_manifest_bytes: config.limits.max_manifest_bytes,
+        upload_expiry: config.uploads.expiry.0,
+    };
+    let registry = Arc::new(Registry::new(Arc::new(metadata), blobs, limits));
+
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let address = listener.local_addr()?;
+
+    let files = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => tls::CertificateFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            generated_ca: None,
+        },
+        _ => {
+            let names = tls::wanted_names(&config.tls.sans);
+            let (files, generated) = tls::ensure_generated(&data_dir.join("tls"), &names)
+                .context("generating a TLS certificate")?;
+            if generated {
+                tracing::info!(names = ?names, "generated a TLS certificate for {}", names.join(", "));
+            }
+            files
+        }
+    };
+    let resolver = Arc::new(
+        tls::ReloadingResolver::new(files.clone()).context("loading the TLS certificate")?,
+    );
+    resolver.watch(Duration::from_secs(2));
+    let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(resolver)?));
+    if let Some(ca) = &files.generated_ca {
+        let host_port = format!("localhost:{}", address.port());
+        eprintln!("{}", tls::trust_instructions(ca, &host_port));
+    }
+
+    spawn_upload_expiry(registry.clone());
+    let app = api::router(registry);
+    tracing::info!(address = %address, "listening on https://{address}");
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Running out of file descriptors must not end the server.
+                        tracing::warn!("accept failed: {err}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let acceptor = acceptor.clone();
+                let app = app.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    if let Err(err) = serve_connection(stream, peer, acceptor, app, watcher).await {
+                        tracing::debug!(peer = %peer, "connection ended: {err:#}");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let grace = config.shutdown.grace.0;
+    tracing::info!(
+        "shutting down: waiting up to {}s for {} connection(s)",
+        grace.as_secs(),
+        graceful.count()
+    );
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
+    }
+    Ok(())
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    app: axum::Router,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> anyhow::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first))
+        .await
+        .context("no data")??;
+    if peeked == 0 {
+        return Ok(());
+    }
+    if first[0] != TLS_HANDSHAKE_RECORD {
+        return refuse_plaintext(stream, peer).await;
+    }
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+        .await
+        .context("TLS handshake timed out")??;
+    let service = TowerToHyperService::new(app);
+    let builder = Builder::new(TokioExecutor::new());
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    watcher
+        .watch(connection.into_owned())
+        .await
+        .map_err(|err| anyhow::anyhow!("{err}"))
+}
+
+/// Answers a plaintext HTTP request with a 400 that explains what to do.
+async fn refuse_plaintext(mut stream: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
+    tracing::info!(peer = %peer, "refused a plaintext HTTP request: this port speaks HTTPS only");
+    // Read what the client sent, so closing does not reset the connection under our answer.
+    let mut discard = [0u8; 8192];
+    let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut discard)).await;
+    let body = "This Bulwark registry speaks HTTPS only. Use https:// and trust its CA (see the server log).\n";
+    let response = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await?;
+    Ok(())
+}
+
+fn spawn_upload_expiry(registry: Arc<Registry>) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(registry.expiry_interval());
+        loop {
+            ticker.tick().await;
+            match registry.expire_uploads().await {
+                Ok(0) => {}
+                Ok(count) => tracing::info!(count, "removed {count} expired upload session(s)"),
+                Err(err) => tracing::warn!("upload expiry failed: {err}"),
+            }
+        }
+    });
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!("cannot listen for SIGTERM: {err}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
+        () = terminate => tracing::info!("received SIGTERM"),
+    }
+}
