@@ -84,6 +84,9 @@ impl From<ParseError> for ApiError {
             ParseError::ReferenceInvalid(text) => {
                 ApiError::new(ErrorCode::ManifestInvalid).message(text)
             }
+            ParseError::ManifestUnknown(reference) => {
+                ApiError::new(ErrorCode::ManifestUnknown).detail(json!({ "reference": reference }))
+            }
             ParseError::QueryInvalid(text) => ApiError::new(ErrorCode::Unsupported)
                 .status(StatusCode::BAD_REQUEST)
                 .message(format!("invalid query parameter: {text}")),
@@ -148,6 +151,11 @@ impl From<registry::Error> for ApiError {
                     .status(StatusCode::SERVICE_UNAVAILABLE)
                     .message("the registry's storage is temporarily unavailable; retry later")
                     .header("retry-after", "5")
+            }
+            // Only administration (`/api/v1`, with its own problem answers) conflicts, misses a named
+            // record, refuses a user or rejects input in these words; no /v2 operation does.
+            E::Conflict(cause) | E::NotFound(cause) | E::Forbidden(cause) | E::Invalid(cause) => {
+                ApiError::internal(cause)
             }
             E::Internal(cause) => ApiError::internal(cause),
         }

@@ -109,7 +109,7 @@ async fn dispatch(State(state): State<AppState>, rest: &str, request: Request) -
     }
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -349,7 +349,19 @@ async fn handle(
             let range = content_range(&headers)?;
             let status = registry
                 .append_upload(&name, &id, range, body.into_data_stream())
-                .await?;
+                .await
+                .map_err(|err| {
+                    // A client told its chunk was out of order resumes from these headers.
+                    let out_of_order = matches!(err, registry::Error::UploadOutOfOrder { .. });
+                    let answer = ApiError::from(err);
+                    if out_of_order {
+                        answer
+                            .header("location", format!("/v2/{name}/blobs/uploads/{id}"))
+                            .header("docker-upload-uuid", &id)
+                    } else {
+                        answer
+                    }
+                })?;
             Ok(upload_response(StatusCode::ACCEPTED, &name, status))
         }
         Operation::FinishUpload { name, id, digest } => {
@@ -383,6 +395,10 @@ async fn handle(
     }
 }
 
+#[expect(
+    clippy::result_large_err,
+    reason = "the error is the response itself, built once on the error path like every ApiError"
+)]
 fn content_range(headers: &HeaderMap) -> Result<Option<oci::ByteRange>, ApiError> {
     operation::content_range(header_str(headers, header::CONTENT_RANGE)).map_err(|err| {
         ApiError::new(ErrorCode::BlobUploadInvalid)

@@ -78,6 +78,7 @@ pub enum ParseError {
     NameInvalid(String),
     DigestInvalid(String),
     ReferenceInvalid(String),
+    ManifestUnknown(String),
     QueryInvalid(String),
     NotFound,
     MethodNotAllowed,
@@ -234,17 +235,20 @@ pub fn parse(method: Method, rest: &str, query: Option<&str>) -> Result<Operatio
     }
     if n >= 3 && segments[n - 2] == "manifests" {
         let name = name(&segments[..n - 2])?;
-        let reference: Reference =
-            segments[n - 1]
-                .parse()
-                .map_err(|err: oci::reference::ReferenceError| match err {
-                    oci::reference::ReferenceError::Digest(err) => {
-                        ParseError::DigestInvalid(err.to_string())
-                    }
-                    oci::reference::ReferenceError::Tag(err) => {
-                        ParseError::ReferenceInvalid(err.to_string())
-                    }
-                })?;
+        let reference: Reference = match segments[n - 1].parse() {
+            Ok(reference) => reference,
+            Err(oci::reference::ReferenceError::Digest(err)) => {
+                return Err(ParseError::DigestInvalid(err.to_string()))
+            }
+            // No manifest can have an invalid tag: reading or deleting one finds nothing,
+            // pushing one is a client error.
+            Err(oci::reference::ReferenceError::Tag(err)) => {
+                return Err(match method {
+                    Method::Put => ParseError::ReferenceInvalid(err.to_string()),
+                    _ => ParseError::ManifestUnknown(segments[n - 1].to_owned()),
+                })
+            }
+        };
         return match method {
             Method::Get => Ok(Operation::GetManifest {
                 name,
@@ -273,15 +277,11 @@ pub fn parse(method: Method, rest: &str, query: Option<&str>) -> Result<Operatio
         let name = name(&segments[..end])?;
         return match method {
             Method::Post => {
-                let mount = match (query.digest("mount")?, query.get("from")) {
-                    (Some(digest), Some(from)) => Some((
-                        digest,
-                        from.parse().map_err(|err: oci::NameError| {
-                            ParseError::NameInvalid(err.to_string())
-                        })?,
-                    )),
-                    _ => None,
-                };
+                // A mount that cannot be honoured (no or malformed `from` or `mount`)
+                // falls back to a plain upload session, as the spec asks.
+                let mount_digest = query.get("mount").and_then(|text| text.parse().ok());
+                let from = query.get("from").and_then(|text| text.parse().ok());
+                let mount = mount_digest.zip(from);
                 Ok(Operation::StartUpload {
                     name,
                     digest: query.digest("digest")?,
@@ -409,6 +409,7 @@ mod tests {
                     ParseError::NameInvalid(_) => "name",
                     ParseError::DigestInvalid(_) => "digest",
                     ParseError::ReferenceInvalid(_) => "reference",
+                    ParseError::ManifestUnknown(_) => "manifest-unknown",
                     ParseError::QueryInvalid(_) => "query",
                     ParseError::NotFound => "not-found",
                     ParseError::MethodNotAllowed => "method",
@@ -421,6 +422,7 @@ mod tests {
     fn paths_parse_into_operations() {
         use Method::*;
         let d = format!("sha256:{HEX}");
+        let head_by_digest = format!("get-manifest team/app {d} head=true");
         let cases: Vec<(Method, String, &str)> = vec![
             (Get, "".into(), "base"),
             (Head, "".into(), "base"),
@@ -453,11 +455,7 @@ mod tests {
                 "team/app/manifests/latest".into(),
                 "get-manifest team/app latest head=false",
             ),
-            (
-                Head,
-                format!("team/app/manifests/{d}"),
-                &format!("get-manifest team/app {d} head=true"),
-            ),
+            (Head, format!("team/app/manifests/{d}"), &head_by_digest),
             (
                 Put,
                 "a/b/c/manifests/v1.0".into(),
@@ -466,7 +464,18 @@ mod tests {
             (Delete, "app/manifests/v1".into(), "delete-manifest app v1"),
             (Patch, "app/manifests/v1".into(), "error method"),
             (Get, "app/manifests/sha256:abc".into(), "error digest"),
-            (Get, "app/manifests/-bad".into(), "error reference"),
+            (Get, "app/manifests/-bad".into(), "error manifest-unknown"),
+            (
+                Head,
+                "app/manifests/.INVALID_MANIFEST_NAME".into(),
+                "error manifest-unknown",
+            ),
+            (
+                Delete,
+                "app/manifests/.bad".into(),
+                "error manifest-unknown",
+            ),
+            (Put, "app/manifests/.bad".into(), "error reference"),
             (Get, "App/manifests/latest".into(), "error name"),
             (Get, "../manifests/latest".into(), "error name"),
             (Get, "app%2F..%2Fx/manifests/latest".into(), "error name"),
@@ -511,7 +520,7 @@ mod tests {
             (
                 Post,
                 format!("app/blobs/uploads/?mount={d}&from=Bad"),
-                "error name",
+                "start-upload app digest=false mount=none",
             ),
             (Post, "app/blobs/uploads/?digest=bad".into(), "error digest"),
             (Get, "app/blobs/uploads/".into(), "error method"),

@@ -7,6 +7,8 @@
 //!   turn ordinary contention into `SQLITE_BUSY` errors instead of a short wait.
 //! - The schema is `migrations/sqlite`, applied at `open`.
 
+mod identity;
+
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -25,10 +27,10 @@ use sqlx::{Row, SqlitePool};
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
 
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
 }
 
-fn backend(err: sqlx::Error) -> Error {
+pub(crate) fn backend(err: sqlx::Error) -> Error {
     match err {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
             Error::Unavailable(err.to_string())
@@ -79,7 +81,7 @@ impl SqliteStore {
         self.pool.close().await;
     }
 
-    async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, Error> {
+    pub(crate) async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, Error> {
         self.pool
             .begin_with("BEGIN IMMEDIATE")
             .await
@@ -537,6 +539,15 @@ mod tests {
             .await
             .expect("open");
         metadata::behaviour::run(&store).await;
+    }
+
+    #[tokio::test]
+    async fn passes_the_identity_behaviour_suite() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("metadata.db"))
+            .await
+            .expect("open");
+        metadata::behaviour::run_identity(&store).await;
     }
 
     #[tokio::test]

@@ -407,3 +407,372 @@ async fn uploads_advance_only_from_the_expected_offset(store: &dyn MetadataStore
     assert!(!store.delete_upload(id).await.expect("delete"));
     assert_eq!(store.upload(id).await.expect("query"), None);
 }
+
+/// Runs every identity check against `store`, which must start empty.
+pub async fn run_identity(store: &dyn crate::IdentityStore) {
+    users_are_unique_and_updatable(store).await;
+    projects_hold_members_and_refuse_duplicates(store).await;
+    secrets_find_their_robot_or_token(store).await;
+    the_first_signing_key_wins(store).await;
+    audit_events_filter_newest_first(store).await;
+}
+
+fn user_record(name: &str) -> crate::identity::UserRecord {
+    crate::identity::UserRecord {
+        name: name.into(),
+        password_hash: format!("hash-of-{name}"),
+        admin: false,
+        disabled: false,
+        created_at: 10,
+    }
+}
+
+async fn users_are_unique_and_updatable(store: &dyn crate::IdentityStore) {
+    use crate::identity::UserUpdate;
+    store
+        .create_user(&user_record("alice"))
+        .await
+        .expect("create");
+    assert!(matches!(
+        store.create_user(&user_record("alice")).await,
+        Err(Error::Conflict(_))
+    ));
+    store
+        .create_user(&user_record("bob"))
+        .await
+        .expect("create");
+    let update = UserUpdate {
+        disabled: Some(true),
+        ..UserUpdate::default()
+    };
+    let updated = store
+        .update_user("bob", &update)
+        .await
+        .expect("update")
+        .expect("exists");
+    assert!(updated.disabled);
+    assert_eq!(updated.password_hash, "hash-of-bob", "unset fields stay");
+    assert_eq!(
+        store.update_user("nobody", &update).await.expect("update"),
+        None
+    );
+    let names: Vec<String> = store
+        .list_users(None, 10)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
+    assert_eq!(names, vec!["alice", "bob"]);
+    let after: Vec<String> = store
+        .list_users(Some("alice"), 10)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
+    assert_eq!(after, vec!["bob"]);
+    assert!(store.delete_user("bob").await.expect("delete"));
+    assert_eq!(store.user("bob").await.expect("get"), None);
+}
+
+async fn projects_hold_members_and_refuse_duplicates(store: &dyn crate::IdentityStore) {
+    use crate::identity::ProjectRecord;
+    let team = ProjectRecord {
+        name: "team".into(),
+        public: false,
+        created_at: 10,
+    };
+    store.create_project(&team).await.expect("create");
+    assert!(matches!(
+        store.create_project(&team).await,
+        Err(Error::Conflict(_))
+    ));
+    store
+        .create_user(&user_record("carol"))
+        .await
+        .expect("create");
+    store
+        .set_member("team", "carol", "developer")
+        .await
+        .expect("member");
+    store
+        .set_member("team", "carol", "maintainer")
+        .await
+        .expect("role change");
+    assert!(matches!(
+        store.set_member("team", "ghost", "reader").await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        store.set_member("nope", "carol", "reader").await,
+        Err(Error::NotFound(_))
+    ));
+    let (project, members) = store
+        .project_policy("team")
+        .await
+        .expect("policy")
+        .expect("exists");
+    assert!(!project.public);
+    assert_eq!(members.len(), 1);
+    assert_eq!(
+        (members[0].user.as_str(), members[0].role.as_str()),
+        ("carol", "maintainer")
+    );
+    assert!(store
+        .set_project_public("team", true)
+        .await
+        .expect("visibility"));
+    assert!(
+        store
+            .project("team")
+            .await
+            .expect("get")
+            .expect("exists")
+            .public
+    );
+    assert_eq!(store.project_policy("none").await.expect("policy"), None);
+
+    store
+        .create_user(&user_record("dave"))
+        .await
+        .expect("create");
+    store
+        .set_member("team", "dave", "reader")
+        .await
+        .expect("member");
+    assert!(store.delete_user("dave").await.expect("delete"));
+    let (_, members) = store
+        .project_policy("team")
+        .await
+        .expect("policy")
+        .expect("exists");
+    assert_eq!(
+        members.len(),
+        1,
+        "deleting a user removes their memberships"
+    );
+    assert!(store.remove_member("team", "carol").await.expect("remove"));
+    assert!(!store.remove_member("team", "carol").await.expect("remove"));
+
+    let empty = ProjectRecord {
+        name: "empty".into(),
+        public: false,
+        created_at: 10,
+    };
+    store.create_project(&empty).await.expect("create");
+    assert!(store
+        .delete_project("empty")
+        .await
+        .expect("an empty project deletes"));
+    assert!(!store.delete_project("empty").await.expect("delete"));
+}
+
+async fn secrets_find_their_robot_or_token(store: &dyn crate::IdentityStore) {
+    use crate::identity::{AccessTokenRecord, ProjectRecord, RobotRecord, SecretOwner};
+    store
+        .create_project(&ProjectRecord {
+            name: "ci".into(),
+            public: false,
+            created_at: 10,
+        })
+        .await
+        .expect("create");
+    let robot = RobotRecord {
+        name: "robot$ci+builder".into(),
+        project: Some("ci".into()),
+        description: Some("builds".into()),
+        grants: r#"[{"pattern":"ci/*","actions":["pull"]}]"#.into(),
+        expires_at: 1_000,
+        revoked: false,
+        created_at: 10,
+        last_used_at: None,
+    };
+    store
+        .create_robot(&robot, "robot-hash")
+        .await
+        .expect("create");
+    assert!(matches!(
+        store.create_robot(&robot, "other-hash").await,
+        Err(Error::Conflict(_))
+    ));
+    match store.secret_owner("robot-hash", 50).await.expect("lookup") {
+        Some(SecretOwner::Robot(found)) => {
+            assert_eq!(found.name, robot.name);
+            assert_eq!(found.project.as_deref(), Some("ci"));
+        }
+        other => panic!("expected the robot, got {other:?}"),
+    }
+    assert_eq!(
+        store
+            .robot("robot$ci+builder")
+            .await
+            .expect("get")
+            .and_then(|r| r.last_used_at),
+        Some(50),
+        "use is recorded"
+    );
+    assert!(store
+        .rotate_robot("robot$ci+builder", "new-hash", Some(2_000))
+        .await
+        .expect("rotate"));
+    assert_eq!(
+        store.secret_owner("robot-hash", 60).await.expect("lookup"),
+        None,
+        "the old secret stops working"
+    );
+    assert!(store
+        .revoke_robot("robot$ci+builder")
+        .await
+        .expect("revoke"));
+    let revoked = store
+        .robot("robot$ci+builder")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert!(revoked.revoked);
+    assert_eq!(revoked.expires_at, 2_000);
+    assert_eq!(store.list_robots(Some("ci")).await.expect("list").len(), 1);
+    assert!(store.list_robots(None).await.expect("list").is_empty());
+
+    store
+        .create_user(&user_record("erin"))
+        .await
+        .expect("create");
+    let token = AccessTokenRecord {
+        id: "t1".into(),
+        user: "erin".into(),
+        description: "laptop".into(),
+        expires_at: None,
+        revoked: false,
+        created_at: 10,
+        last_used_at: None,
+    };
+    store
+        .create_access_token(&token, "token-hash")
+        .await
+        .expect("create");
+    match store.secret_owner("token-hash", 70).await.expect("lookup") {
+        Some(SecretOwner::AccessToken { token, user }) => {
+            assert_eq!((token.id.as_str(), user.name.as_str()), ("t1", "erin"));
+            assert_eq!(
+                token.last_used_at, None,
+                "the record read is from before this use"
+            );
+        }
+        other => panic!("expected the token, got {other:?}"),
+    }
+    assert_eq!(
+        store.list_access_tokens("erin").await.expect("list")[0].last_used_at,
+        Some(70)
+    );
+    assert!(store
+        .revoke_access_token("erin", "t1")
+        .await
+        .expect("revoke"));
+    assert!(
+        !store
+            .revoke_access_token("someone", "t1")
+            .await
+            .expect("revoke"),
+        "only the owner's tokens"
+    );
+    let missing_user = AccessTokenRecord {
+        id: "t2".into(),
+        user: "ghost".into(),
+        ..token
+    };
+    assert!(matches!(
+        store.create_access_token(&missing_user, "h2").await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+async fn the_first_signing_key_wins(store: &dyn crate::IdentityStore) {
+    use crate::identity::SigningKeyRecord;
+    assert!(store.signing_keys().await.expect("keys").is_empty());
+    let first = SigningKeyRecord {
+        kid: "k1".into(),
+        pem: "pem1".into(),
+        created_at: 1,
+    };
+    let second = SigningKeyRecord {
+        kid: "k2".into(),
+        pem: "pem2".into(),
+        created_at: 2,
+    };
+    store.add_first_signing_key(&first).await.expect("add");
+    store
+        .add_first_signing_key(&second)
+        .await
+        .expect("add is a no-op once a key exists");
+    let keys = store.signing_keys().await.expect("keys");
+    assert_eq!(keys, vec![first]);
+}
+
+async fn audit_events_filter_newest_first(store: &dyn crate::IdentityStore) {
+    use crate::identity::{AuditEvent, AuditFilter};
+    for (time, principal, result) in [
+        (1, "user:a", "allowed"),
+        (2, "user:b", "denied"),
+        (3, "user:a", "denied"),
+    ] {
+        store
+            .record_audit(&AuditEvent {
+                time,
+                principal: principal.into(),
+                action: "push".into(),
+                target: "team/app".into(),
+                result: result.into(),
+                reason: None,
+                client: Some("127.0.0.1".into()),
+            })
+            .await
+            .expect("record");
+    }
+    let all = store
+        .audit(&AuditFilter {
+            limit: 10,
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("audit");
+    assert_eq!(
+        all.iter().map(|r| r.event.time).collect::<Vec<_>>(),
+        vec![3, 2, 1]
+    );
+    let mine = store
+        .audit(&AuditFilter {
+            principal: Some("user:a".into()),
+            limit: 10,
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("audit");
+    assert_eq!(mine.len(), 2);
+    let denied_since_2 = store
+        .audit(&AuditFilter {
+            result: Some("denied".into()),
+            since: Some(2),
+            limit: 1,
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("audit");
+    assert_eq!(
+        denied_since_2
+            .iter()
+            .map(|r| r.event.time)
+            .collect::<Vec<_>>(),
+        vec![3]
+    );
+    let older = store
+        .audit(&AuditFilter {
+            before_id: Some(all[0].id),
+            limit: 10,
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("audit");
+    assert_eq!(older.len(), 2);
+}

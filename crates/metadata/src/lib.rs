@@ -7,9 +7,12 @@
 //!   what this page documents rather than on one backend's quirks.
 
 pub mod behaviour;
+pub mod identity;
 
 use async_trait::async_trait;
 use oci::{Digest, RepositoryName, Tag};
+
+pub use identity::IdentityStore;
 
 /// Unix seconds.
 pub type Timestamp = i64;
@@ -19,6 +22,12 @@ pub enum Error {
     /// A manifest names blobs or child manifests this repository does not hold.
     #[error("manifest references content unknown to the repository: {0:?}")]
     UnknownReferences(Vec<Digest>),
+    /// A record with that name exists already, or a delete would orphan other records.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A record the change depends on does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
     /// The backend cannot be reached right now; the caller may retry later.
     #[error("metadata store unavailable: {0}")]
     Unavailable(String),

@@ -212,7 +212,7 @@ impl Manifest {
     /// and every layer a client is expected to fetch from the registry.
     pub fn required_blobs(&self) -> impl Iterator<Item = &Descriptor> {
         self.config.iter().chain(self.layers.iter().filter(|layer| {
-            !(media_type::is_foreign_layer(&layer.media_type) && !layer.urls.is_empty())
+            !media_type::is_foreign_layer(&layer.media_type) || layer.urls.is_empty()
         }))
     }
 
@@ -221,14 +221,17 @@ impl Manifest {
         self.manifests.iter()
     }
 
-    /// What the referrers API reports as this manifest's type: its `artifactType`, else its
-    /// config's media type.
+    /// What the referrers API reports as this manifest's type: its `artifactType`, else (when
+    /// that is missing or empty) its config's media type.
     pub fn effective_artifact_type(&self) -> Option<&str> {
-        self.artifact_type.as_deref().or_else(|| {
-            self.config
-                .as_ref()
-                .map(|config| config.media_type.as_str())
-        })
+        self.artifact_type
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .or_else(|| {
+                self.config
+                    .as_ref()
+                    .map(|config| config.media_type.as_str())
+            })
     }
 }
 
@@ -368,6 +371,13 @@ mod tests {
         assert_eq!(
             plain.effective_artifact_type(),
             Some("application/vnd.oci.image.config.v1+json")
+        );
+        let empty = Manifest::parse(None, image(r#","artifactType":"""#).as_bytes())
+            .expect("valid manifest");
+        assert_eq!(
+            empty.effective_artifact_type(),
+            Some("application/vnd.oci.image.config.v1+json"),
+            "an empty artifactType counts as missing"
         );
     }
 

@@ -30,6 +30,19 @@ pub enum Error {
     ManifestBlobUnknown(Vec<Digest>),
     #[error("repository {0} is unknown")]
     NameUnknown(RepositoryName),
+    /// The change conflicts with what exists (a name taken, a project not empty).
+    #[error("{0}")]
+    Conflict(String),
+    /// Something the request names does not exist.
+    #[error("{0} does not exist")]
+    NotFound(String),
+    /// The caller may not do this; the text names the rule and is safe to show.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request is well-formed but breaks a rule (a weak password, a grant outside its
+    /// project); the text says which and is safe to show.
+    #[error("{0}")]
+    Invalid(String),
     /// A backend is down; the client should retry later.
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -42,6 +55,8 @@ impl From<metadata::Error> for Error {
     fn from(err: metadata::Error) -> Self {
         match err {
             metadata::Error::UnknownReferences(missing) => Error::ManifestBlobUnknown(missing),
+            metadata::Error::Conflict(text) => Error::Conflict(text),
+            metadata::Error::NotFound(text) => Error::NotFound(text),
             metadata::Error::Unavailable(text) => Error::Unavailable(text),
             metadata::Error::Internal(text) => Error::Internal(text),
         }

@@ -8,6 +8,7 @@
 //!   and the digest matched; the bytes are in place before the link is written.
 //! - An upload session belongs to one repository; another repository cannot see it.
 
+pub mod access;
 mod error;
 mod uploads;
 
@@ -49,6 +50,7 @@ pub struct Registry {
     metadata: Arc<dyn MetadataStore>,
     blobs: BlobStore,
     limits: Limits,
+    writers: uploads::Writers,
 }
 
 /// A blob (or part of one) on its way to a client.
@@ -92,6 +94,7 @@ impl Registry {
             metadata,
             blobs,
             limits,
+            writers: uploads::Writers::default(),
         }
     }
 

@@ -4,7 +4,16 @@
 //! the end of every chunk; its bytes live in the blob store's staging area. Finishing an upload
 //! finalizes the saved hash, compares it with the client's digest, moves the bytes into place
 //! and links the blob, in that order.
+//!
+//! The staged bytes are named after the session's canonical id, never after the client's
+//! spelling of it: a UUID has several (case, hyphens, braces, URN) and all find the session.
+//!
+//! Invariant: a session has one writer at a time in this process. Two requests writing one
+//! staging file could leave it holding one request's bytes while the session record holds the
+//! other's hash; the record's compare-and-swap alone cannot see that.
 
+use std::collections::HashSet;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use blobstore::Sha256State;
@@ -20,6 +29,34 @@ use crate::{now, Error, Registry};
 pub struct UploadStatus {
     pub id: UploadId,
     pub offset: u64,
+}
+
+/// The upload sessions a request of this process is writing to.
+#[derive(Debug, Default)]
+pub(crate) struct Writers(Mutex<HashSet<uuid::Uuid>>);
+
+impl Writers {
+    fn claim(&self, id: uuid::Uuid) -> Option<Writing<'_>> {
+        let mut writing = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        writing.insert(id).then(|| Writing { writers: self, id })
+    }
+}
+
+/// Proof that this request is the session's only writer; dropping it lets the next one in.
+struct Writing<'a> {
+    writers: &'a Writers,
+    id: uuid::Uuid,
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        let mut writing = self
+            .writers
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        writing.remove(&self.id);
+    }
 }
 
 /// What `POST /blobs/uploads/` did.
@@ -98,6 +135,25 @@ impl Registry {
         Ok(record)
     }
 
+    /// The session, claimed for writing. The record is read after the claim, so it is the one
+    /// this request's bytes extend.
+    async fn session_to_write(
+        &self,
+        repository: &RepositoryName,
+        id: &str,
+    ) -> Result<(Writing<'_>, UploadRecord), Error> {
+        let uuid = uuid::Uuid::try_parse(id).map_err(|_| Error::UploadUnknown(id.to_owned()))?;
+        let writing = self.writers.claim(uuid);
+        // An unknown session is reported as such even while someone else writes it.
+        let record = self.session(repository, id).await?;
+        let writing = writing.ok_or_else(|| {
+            Error::UploadInvalid(
+                "another request is writing to this upload; retry when it has finished".into(),
+            )
+        })?;
+        Ok((writing, record))
+    }
+
     pub async fn upload_status(
         &self,
         repository: &RepositoryName,
@@ -123,7 +179,7 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let record = self.session(repository, id).await?;
+        let (_writing, record) = self.session_to_write(repository, id).await?;
         let offset = self.append(&record, range, body).await?;
         Ok(UploadStatus {
             id: record.id,
@@ -194,7 +250,7 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let mut record = self.session(repository, id).await?;
+        let (_writing, mut record) = self.session_to_write(repository, id).await?;
         if digest.algorithm() != Algorithm::Sha256 {
             self.discard(&record).await;
             return Err(Error::DigestInvalid(format!(
@@ -214,7 +270,9 @@ impl Registry {
                 "the uploaded content has digest {actual}, not {digest}"
             )));
         }
-        self.blobs.commit(id, digest, record.offset).await?;
+        self.blobs
+            .commit(&record.id.to_string(), digest, record.offset)
+            .await?;
         self.metadata
             .link_blob(repository, digest, record.offset, now())
             .await?;
@@ -224,8 +282,8 @@ impl Registry {
     }
 
     pub async fn cancel_upload(&self, repository: &RepositoryName, id: &str) -> Result<(), Error> {
-        let record = self.session(repository, id).await?;
-        self.blobs.abort(id).await?;
+        let (_writing, record) = self.session_to_write(repository, id).await?;
+        self.blobs.abort(&record.id.to_string()).await?;
         self.metadata.delete_upload(record.id).await?;
         Ok(())
     }

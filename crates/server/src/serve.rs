@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use registry::{Limits, Registry};
@@ -25,6 +25,9 @@ use crate::tls;
 /// A client that neither sends a TLS hello nor finishes its handshake in time is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const HTTP2_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+const HTTP2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 
 pub fn init_logging(config: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.level).unwrap_or_else(|err| {
@@ -154,7 +157,19 @@ async fn serve_connection(
         .await
         .context("TLS handshake timed out")??;
     let service = TowerToHyperService::new(app);
-    let builder = Builder::new(TokioExecutor::new());
+    let mut builder = Builder::new(TokioExecutor::new());
+    // HTTP/2's default 64 KiB windows would throttle blob uploads to a trickle per round trip.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW);
+    // A client that never finishes its request headers must not hold a connection (or a
+    // shutdown) forever.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     watcher
         .watch(connection.into_owned())

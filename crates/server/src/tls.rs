@@ -174,7 +174,10 @@ fn load_certified_key(files: &CertificateFiles) -> anyhow::Result<CertifiedKey> 
     Ok(certified)
 }
 
-fn modified(files: &CertificateFiles) -> Option<(SystemTime, SystemTime)> {
+/// When the certificate and key files were last modified, if both exist.
+type Stamp = Option<(SystemTime, SystemTime)>;
+
+fn modified(files: &CertificateFiles) -> Stamp {
     let cert = fs::metadata(&files.cert).and_then(|m| m.modified()).ok()?;
     let key = fs::metadata(&files.key).and_then(|m| m.modified()).ok()?;
     Some((cert, key))
@@ -184,7 +187,7 @@ fn modified(files: &CertificateFiles) -> Option<(SystemTime, SystemTime)> {
 #[derive(Debug)]
 pub struct ReloadingResolver {
     files: CertificateFiles,
-    current: RwLock<(Arc<CertifiedKey>, Option<(SystemTime, SystemTime)>)>,
+    current: RwLock<(Arc<CertifiedKey>, Stamp)>,
 }
 
 impl ReloadingResolver {

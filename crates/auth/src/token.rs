@@ -1,0 +1,379 @@
+//! Registry tokens: ES256 JWTs in the shape of Docker's token authentication spec.
+//!
+//! An access token carries exactly the access granted (`access: [{type, name, actions}]`), an
+//! audience (the service name), an issuer, and a short lifetime. A refresh token (asked for
+//! with `offline_token=true`) carries no access, only who it was issued to; the token service
+//! re-checks that principal each time it is used.
+//!
+//! Keys are P-256 ECDSA. Each has a `kid`; the first key of a `KeySet` signs, every key
+//! verifies, so rotating the signing key does not invalidate tokens already issued. Time is
+//! passed in: expiry and not-before are checked against the caller's `now`.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Clock skew tolerated between replicas, in seconds.
+pub const LEEWAY: i64 = 30;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessEntry {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub actions: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: i64,
+    pub nbf: i64,
+    pub iat: i64,
+    pub jti: String,
+    #[serde(default)]
+    pub access: Vec<AccessEntry>,
+    /// Set on refresh tokens, which grant nothing by themselves.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refresh: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is malformed")]
+    Malformed,
+    #[error("token was signed by an unknown key")]
+    UnknownKey,
+    #[error("token signature is invalid")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token was issued for another service")]
+    WrongAudience,
+    #[error("token was issued by someone else")]
+    WrongIssuer,
+    #[error("a refresh token cannot be used for access, nor an access token for refresh")]
+    WrongKind,
+    #[error("signing key is unusable: {0}")]
+    Key(String),
+}
+
+/// One P-256 key pair, with its id.
+pub struct SigningKey {
+    kid: String,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    x: String,
+    y: String,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// A new key; returns it with its PKCS#8 PEM for storage.
+    pub fn generate() -> Result<(SigningKey, String), TokenError> {
+        let pair = rcgen::KeyPair::generate().map_err(|err| TokenError::Key(err.to_string()))?;
+        let pem = pair.serialize_pem();
+        Ok((SigningKey::from_pem(&pem)?, pem))
+    }
+
+    /// Loads a PKCS#8 PEM P-256 private key.
+    pub fn from_pem(pem: &str) -> Result<SigningKey, TokenError> {
+        let key = |err: &dyn std::fmt::Display| TokenError::Key(err.to_string());
+        let pair = rcgen::KeyPair::from_pem(pem).map_err(|err| key(&err))?;
+        if !pair.is_compatible(&rcgen::PKCS_ECDSA_P256_SHA256) {
+            return Err(TokenError::Key(
+                "only P-256 ECDSA keys can sign registry tokens".into(),
+            ));
+        }
+        let point = pair.public_key_raw();
+        if point.len() != 65 || point[0] != 4 {
+            return Err(TokenError::Key("unexpected public key encoding".into()));
+        }
+        let x = URL_SAFE_NO_PAD.encode(&point[1..33]);
+        let y = URL_SAFE_NO_PAD.encode(&point[33..65]);
+        let kid = URL_SAFE_NO_PAD.encode(&Sha256::digest(point)[..15]);
+        Ok(SigningKey {
+            kid,
+            encoding: EncodingKey::from_ec_pem(pem.as_bytes()).map_err(|err| key(&err))?,
+            decoding: DecodingKey::from_ec_components(&x, &y).map_err(|err| key(&err))?,
+            x,
+            y,
+        })
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The public key as a JWK, for the JWKS endpoint.
+    pub fn jwk(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig",
+            "kid": self.kid, "x": self.x, "y": self.y,
+        })
+    }
+}
+
+/// Keys that verify tokens; the first one signs.
+#[derive(Debug)]
+pub struct KeySet {
+    keys: Vec<SigningKey>,
+    issuer: String,
+    audience: String,
+}
+
+/// A signed token and when it stops working.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedToken {
+    pub token: String,
+    pub issued_at: i64,
+    pub expires_in: i64,
+}
+
+impl KeySet {
+    /// `keys` must not be empty; the first signs.
+    pub fn new(
+        keys: Vec<SigningKey>,
+        issuer: impl Into<String>,
+        audience: impl Into<String>,
+    ) -> Result<KeySet, TokenError> {
+        if keys.is_empty() {
+            return Err(TokenError::Key("a key set needs at least one key".into()));
+        }
+        Ok(KeySet {
+            keys,
+            issuer: issuer.into(),
+            audience: audience.into(),
+        })
+    }
+
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    pub fn jwks(&self) -> serde_json::Value {
+        serde_json::json!({ "keys": self.keys.iter().map(SigningKey::jwk).collect::<Vec<_>>() })
+    }
+
+    /// Signs an access token (or, with `refresh`, a refresh token) for `subject`.
+    pub fn issue(
+        &self,
+        subject: &str,
+        access: Vec<AccessEntry>,
+        refresh: bool,
+        lifetime_secs: i64,
+        now: i64,
+        jti: String,
+    ) -> Result<IssuedToken, TokenError> {
+        let signer = &self.keys[0];
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            sub: subject.to_owned(),
+            aud: self.audience.clone(),
+            exp: now + lifetime_secs,
+            nbf: now - LEEWAY,
+            iat: now,
+            jti,
+            access,
+            refresh,
+        };
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(signer.kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &signer.encoding)
+            .map_err(|err| TokenError::Key(err.to_string()))?;
+        Ok(IssuedToken {
+            token,
+            issued_at: now,
+            expires_in: lifetime_secs,
+        })
+    }
+
+    /// Verifies signature, issuer, audience, time and kind.
+    pub fn verify(&self, token: &str, refresh: bool, now: i64) -> Result<Claims, TokenError> {
+        self.check(token, refresh, now, true)
+    }
+
+    /// Like `verify`, but an expired access token still passes: an upload session authorized
+    /// by it stays usable by the same principal after the token's lifetime.
+    pub fn verify_allowing_expiry(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
+        self.check(token, false, now, false)
+    }
+
+    fn check(
+        &self,
+        token: &str,
+        refresh: bool,
+        now: i64,
+        check_expiry: bool,
+    ) -> Result<Claims, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        if header.alg != Algorithm::ES256 {
+            return Err(TokenError::BadSignature);
+        }
+        let kid = header.kid.ok_or(TokenError::UnknownKey)?;
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.kid == kid)
+            .ok_or(TokenError::UnknownKey)?;
+        let mut validation = Validation::new(Algorithm::ES256);
+        // Time and claims are checked below against the caller's clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation).map_err(|err| {
+                match err.kind() {
+                    jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
+                    _ => TokenError::Malformed,
+                }
+            })?;
+        let claims = data.claims;
+        if claims.iss != self.issuer {
+            return Err(TokenError::WrongIssuer);
+        }
+        if claims.aud != self.audience {
+            return Err(TokenError::WrongAudience);
+        }
+        if check_expiry && claims.exp <= now - LEEWAY {
+            return Err(TokenError::Expired);
+        }
+        if claims.nbf > now + LEEWAY {
+            return Err(TokenError::NotYetValid);
+        }
+        if claims.refresh != refresh {
+            return Err(TokenError::WrongKind);
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000;
+
+    fn keyset(keys: Vec<SigningKey>) -> KeySet {
+        KeySet::new(keys, "bulwark", "registry.test").expect("keys")
+    }
+
+    fn pull(name: &str) -> Vec<AccessEntry> {
+        vec![AccessEntry {
+            kind: "repository".into(),
+            name: name.into(),
+            actions: vec!["pull".into()],
+        }]
+    }
+
+    #[test]
+    fn issued_tokens_verify_and_carry_their_access() {
+        let (key, _) = SigningKey::generate().expect("key");
+        let keys = keyset(vec![key]);
+        let issued = keys
+            .issue("user:alice", pull("team/app"), false, 300, NOW, "j1".into())
+            .expect("issue");
+        assert_eq!(issued.expires_in, 300);
+        let claims = keys.verify(&issued.token, false, NOW + 10).expect("verify");
+        assert_eq!(claims.sub, "user:alice");
+        assert_eq!(claims.access, pull("team/app"));
+        assert_eq!(
+            keys.verify(&issued.token, true, NOW),
+            Err(TokenError::WrongKind)
+        );
+    }
+
+    #[test]
+    fn expired_tampered_foreign_and_misaddressed_tokens_are_refused() {
+        let (key, pem) = SigningKey::generate().expect("key");
+        let keys = keyset(vec![key]);
+        let token = keys
+            .issue("user:alice", pull("team/app"), false, 300, NOW, "j".into())
+            .expect("issue")
+            .token;
+
+        assert_eq!(
+            keys.verify(&token, false, NOW + 300 + LEEWAY),
+            Err(TokenError::Expired)
+        );
+        assert!(
+            keys.verify_allowing_expiry(&token, NOW + 3600).is_ok(),
+            "upload sessions may outlive their token"
+        );
+        assert_eq!(
+            keys.verify(&token, false, NOW - 2 * LEEWAY - 1),
+            Err(TokenError::NotYetValid)
+        );
+
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        let forged = URL_SAFE_NO_PAD.encode(
+            serde_json::to_vec(&serde_json::json!({
+                "iss": "bulwark", "sub": "user:alice", "aud": "registry.test", "exp": NOW + 300,
+                "nbf": NOW, "iat": NOW, "jti": "j", "access": [{"type": "repository", "name": "team/app", "actions": ["pull", "push", "delete"]}]
+            }))
+            .expect("json"),
+        );
+        parts[1] = forged;
+        assert_eq!(
+            keys.verify(&parts.join("."), false, NOW),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(
+            keys.verify("not.a.jwt", false, NOW),
+            Err(TokenError::Malformed)
+        );
+
+        let (other, _) = SigningKey::generate().expect("key");
+        let foreign = keyset(vec![other])
+            .issue("user:alice", Vec::new(), false, 300, NOW, "j".into())
+            .expect("issue")
+            .token;
+        assert_eq!(
+            keys.verify(&foreign, false, NOW),
+            Err(TokenError::UnknownKey)
+        );
+
+        let elsewhere = KeySet::new(
+            vec![SigningKey::from_pem(&pem).expect("key")],
+            "bulwark",
+            "other.service",
+        )
+        .expect("keys");
+        let misaddressed = elsewhere
+            .issue("user:alice", Vec::new(), false, 300, NOW, "j".into())
+            .expect("issue")
+            .token;
+        assert_eq!(
+            keys.verify(&misaddressed, false, NOW),
+            Err(TokenError::WrongAudience)
+        );
+    }
+
+    #[test]
+    fn rotated_keys_still_verify_old_tokens() {
+        let (old, old_pem) = SigningKey::generate().expect("key");
+        let before = keyset(vec![old]);
+        let token = before
+            .issue("robot:ci", Vec::new(), false, 300, NOW, "j".into())
+            .expect("issue")
+            .token;
+        let (new, _) = SigningKey::generate().expect("key");
+        let after = keyset(vec![new, SigningKey::from_pem(&old_pem).expect("old key")]);
+        assert!(after.verify(&token, false, NOW).is_ok());
+        assert_eq!(after.jwks()["keys"].as_array().map(Vec::len), Some(2));
+    }
+}

@@ -1,0 +1,191 @@
+//! Identity records and the `IdentityStore` trait: users, projects and their members, robot
+//! accounts, personal access tokens, token-signing keys and the audit log.
+//!
+//! Invariants:
+//! - Secrets appear here only as hashes (`password_hash`, `secret_hash`); a record never holds
+//!   a plaintext secret.
+//! - Grants are stored as the JSON text the `registry` crate writes; this crate does not
+//!   interpret them (it does not depend on `auth`).
+
+use async_trait::async_trait;
+
+use crate::{Error, Timestamp};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub name: String,
+    pub password_hash: String,
+    pub admin: bool,
+    pub disabled: bool,
+    pub created_at: Timestamp,
+}
+
+/// Changes to a user; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserUpdate {
+    pub password_hash: Option<String>,
+    pub admin: Option<bool>,
+    pub disabled: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectRecord {
+    pub name: String,
+    pub public: bool,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub user: String,
+    pub role: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RobotRecord {
+    /// The full name clients log in with, e.g. `robot$team+ci`.
+    pub name: String,
+    pub project: Option<String>,
+    pub description: Option<String>,
+    /// JSON: `[{"pattern": "team/app-*", "actions": ["pull", "push"]}]`.
+    pub grants: String,
+    pub expires_at: Timestamp,
+    pub revoked: bool,
+    pub created_at: Timestamp,
+    pub last_used_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessTokenRecord {
+    pub id: String,
+    pub user: String,
+    pub description: String,
+    pub expires_at: Option<Timestamp>,
+    pub revoked: bool,
+    pub created_at: Timestamp,
+    pub last_used_at: Option<Timestamp>,
+}
+
+/// Whoever a presented API secret belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretOwner {
+    Robot(RobotRecord),
+    AccessToken {
+        token: AccessTokenRecord,
+        user: UserRecord,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKeyRecord {
+    pub kid: String,
+    pub pem: String,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub time: Timestamp,
+    /// `user:alice`, `robot:robot$team+ci`, `anonymous`.
+    pub principal: String,
+    /// What was attempted: `push`, `delete`, `login`, `user.create`, ...
+    pub action: String,
+    /// What it was attempted on: a repository, `repo@digest`, a user or project name.
+    pub target: String,
+    /// `allowed`, `denied` or `failed`.
+    pub result: String,
+    pub reason: Option<String>,
+    pub client: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub event: AuditEvent,
+}
+
+/// Audit log query: every set field must match; newest first, before `before_id` if set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub principal: Option<String>,
+    pub action: Option<String>,
+    pub target: Option<String>,
+    pub result: Option<String>,
+    pub since: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+    pub before_id: Option<i64>,
+    pub limit: u32,
+}
+
+#[async_trait]
+pub trait IdentityStore: Send + Sync + 'static {
+    /// `Error::Conflict` when the name is taken.
+    async fn create_user(&self, user: &UserRecord) -> Result<(), Error>;
+    async fn user(&self, name: &str) -> Result<Option<UserRecord>, Error>;
+    /// Users in name order after `after`.
+    async fn list_users(&self, after: Option<&str>, limit: u32) -> Result<Vec<UserRecord>, Error>;
+    /// The updated user, or `None` when there is no such user.
+    async fn update_user(
+        &self,
+        name: &str,
+        update: &UserUpdate,
+    ) -> Result<Option<UserRecord>, Error>;
+    /// Deletes a user with their memberships and access tokens; false when there was none.
+    async fn delete_user(&self, name: &str) -> Result<bool, Error>;
+
+    async fn create_project(&self, project: &ProjectRecord) -> Result<(), Error>;
+    async fn project(&self, name: &str) -> Result<Option<ProjectRecord>, Error>;
+    async fn list_projects(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ProjectRecord>, Error>;
+    async fn set_project_public(&self, name: &str, public: bool) -> Result<bool, Error>;
+    /// `Error::Conflict` while the project still holds repositories.
+    async fn delete_project(&self, name: &str) -> Result<bool, Error>;
+    /// The project and its members, in one read: what authorization needs.
+    async fn project_policy(
+        &self,
+        name: &str,
+    ) -> Result<Option<(ProjectRecord, Vec<MemberRecord>)>, Error>;
+
+    /// Adds or changes a membership; `Error::NotFound` for an unknown user or project.
+    async fn set_member(&self, project: &str, user: &str, role: &str) -> Result<(), Error>;
+    async fn remove_member(&self, project: &str, user: &str) -> Result<bool, Error>;
+
+    async fn create_robot(&self, robot: &RobotRecord, secret_hash: &str) -> Result<(), Error>;
+    async fn robot(&self, name: &str) -> Result<Option<RobotRecord>, Error>;
+    /// Robots of one project, or system robots (`project = None`), in name order.
+    async fn list_robots(&self, project: Option<&str>) -> Result<Vec<RobotRecord>, Error>;
+    /// Replaces a robot's secret (and, if given, its expiry); false when there is no such robot.
+    async fn rotate_robot(
+        &self,
+        name: &str,
+        secret_hash: &str,
+        expires_at: Option<Timestamp>,
+    ) -> Result<bool, Error>;
+    async fn revoke_robot(&self, name: &str) -> Result<bool, Error>;
+
+    async fn create_access_token(
+        &self,
+        token: &AccessTokenRecord,
+        secret_hash: &str,
+    ) -> Result<(), Error>;
+    async fn list_access_tokens(&self, user: &str) -> Result<Vec<AccessTokenRecord>, Error>;
+    async fn revoke_access_token(&self, user: &str, id: &str) -> Result<bool, Error>;
+
+    /// Finds the robot or access token a secret hash belongs to, and records its use.
+    async fn secret_owner(
+        &self,
+        secret_hash: &str,
+        now: Timestamp,
+    ) -> Result<Option<SecretOwner>, Error>;
+
+    /// Signing keys, oldest first.
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, Error>;
+    /// Stores `key` only if no key exists yet (so replicas starting together agree on one).
+    async fn add_first_signing_key(&self, key: &SigningKeyRecord) -> Result<(), Error>;
+
+    async fn record_audit(&self, event: &AuditEvent) -> Result<(), Error>;
+    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, Error>;
+}

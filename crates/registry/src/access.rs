@@ -1,0 +1,589 @@
+//! Access control use cases: who is asking (authentication), what they may do (the pure
+//! `auth::authorize` over policy loaded from the store), registry tokens (the Docker token
+//! service), and the audit log.
+//!
+//! Invariants:
+//! - Passwords are verified on a bounded blocking pool, so a flood of logins cannot starve
+//!   registry traffic; a verified (user, password, stored hash) triple is remembered briefly so
+//!   clients sending Basic credentials on every request pay for argon2 once.
+//! - Failed logins are throttled per account and per client address.
+//! - A token never grants more than was asked and more than is allowed.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use auth::policy::{Action, Decision, Grant, Principal, ProjectPolicy, Role};
+use auth::scope::{Resource, Scope};
+use auth::token::{AccessEntry, Claims, IssuedToken, KeySet, SigningKey, TokenError};
+use metadata::identity::{AuditEvent, IdentityStore, SecretOwner, SigningKeyRecord, UserRecord};
+use oci::RepositoryName;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::Semaphore;
+
+use crate::{now, Error};
+
+/// Tunables of authentication and the token service.
+#[derive(Debug, Clone)]
+pub struct AccessSettings {
+    /// The `service` of the token spec, and the audience of issued tokens.
+    pub service: String,
+    pub issuer: String,
+    pub token_lifetime: Duration,
+    pub refresh_lifetime: Duration,
+    /// Accept Basic credentials directly on `/v2`, not only at the token endpoint.
+    pub basic_on_v2: bool,
+}
+
+impl Default for AccessSettings {
+    fn default() -> Self {
+        AccessSettings {
+            service: "bulwark".into(),
+            issuer: "bulwark".into(),
+            token_lifetime: Duration::from_secs(300),
+            refresh_lifetime: Duration::from_secs(30 * 86_400),
+            basic_on_v2: true,
+        }
+    }
+}
+
+/// Why authentication failed. The text is safe to show: it never says whether an account exists.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid username or password")]
+    BadCredentials,
+    #[error("too many failed logins; retry in {retry_after} seconds")]
+    Throttled { retry_after: u64 },
+    #[error("invalid token: {0}")]
+    BadToken(TokenError),
+}
+
+/// A robot's grants, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredGrant {
+    pub pattern: String,
+    pub actions: Vec<String>,
+}
+
+pub fn grants_from_json(text: &str) -> Vec<Grant> {
+    let stored: Vec<StoredGrant> = serde_json::from_str(text).unwrap_or_default();
+    stored
+        .into_iter()
+        .map(|grant| Grant {
+            pattern: grant.pattern,
+            actions: grant
+                .actions
+                .iter()
+                .filter_map(|a| Action::parse(a))
+                .collect(),
+        })
+        .collect()
+}
+
+pub fn user_principal(user: &UserRecord) -> Principal {
+    Principal::User {
+        name: user.name.clone(),
+        admin: user.admin,
+        disabled: user.disabled,
+    }
+}
+
+pub fn robot_principal(robot: &metadata::identity::RobotRecord) -> Principal {
+    Principal::Robot {
+        name: robot.name.clone(),
+        project: robot.project.clone(),
+        grants: grants_from_json(&robot.grants),
+        expires_at: robot.expires_at,
+        revoked: robot.revoked,
+    }
+}
+
+const THROTTLE_FREE_FAILURES: u32 = 5;
+const THROTTLE_MAX_LOCK_SECS: i64 = 300;
+const VERIFIED_CACHE_SECS: i64 = 60;
+const VERIFIED_CACHE_MAX: usize = 10_000;
+
+#[derive(Debug, Default)]
+struct Failures {
+    count: u32,
+    locked_until: i64,
+}
+
+#[derive(Debug, Default)]
+struct Throttle {
+    by_key: HashMap<String, Failures>,
+}
+
+impl Throttle {
+    fn retry_after(&self, keys: &[String], now: i64) -> Option<u64> {
+        keys.iter()
+            .filter_map(|key| self.by_key.get(key))
+            .map(|f| f.locked_until - now)
+            .filter(|wait| *wait > 0)
+            .max()
+            .map(|wait| u64::try_from(wait).unwrap_or(1))
+    }
+
+    fn fail(&mut self, keys: &[String], now: i64) {
+        if self.by_key.len() > 100_000 {
+            self.by_key.retain(|_, f| f.locked_until > now);
+        }
+        for key in keys {
+            let entry = self.by_key.entry(key.clone()).or_default();
+            entry.count += 1;
+            if entry.count > THROTTLE_FREE_FAILURES {
+                let exponent = (entry.count - THROTTLE_FREE_FAILURES).min(9);
+                entry.locked_until = now + (1i64 << exponent).min(THROTTLE_MAX_LOCK_SECS);
+            }
+        }
+    }
+
+    fn succeed(&mut self, account_key: &str) {
+        self.by_key.remove(account_key);
+    }
+}
+
+pub struct Access {
+    pub(crate) store: Arc<dyn IdentityStore>,
+    keys: KeySet,
+    settings: AccessSettings,
+    password_pool: Semaphore,
+    verified: Mutex<HashMap<[u8; 32], i64>>,
+    throttle: Mutex<Throttle>,
+}
+
+/// A token answer of the token service.
+#[derive(Debug, Clone)]
+pub struct TokenGrant {
+    pub access: IssuedToken,
+    pub refresh: Option<IssuedToken>,
+    pub granted: Vec<AccessEntry>,
+}
+
+impl Access {
+    /// Loads (or, on the very first start, creates) the token-signing keys.
+    pub async fn open(
+        store: Arc<dyn IdentityStore>,
+        settings: AccessSettings,
+    ) -> Result<Access, Error> {
+        let mut records = store.signing_keys().await?;
+        if records.is_empty() {
+            let (key, pem) =
+                SigningKey::generate().map_err(|err| Error::Internal(err.to_string()))?;
+            store
+                .add_first_signing_key(&SigningKeyRecord {
+                    kid: key.kid().to_owned(),
+                    pem,
+                    created_at: now(),
+                })
+                .await?;
+            records = store.signing_keys().await?;
+        }
+        // The newest key signs; every key verifies.
+        let keys = records
+            .iter()
+            .rev()
+            .map(|record| {
+                SigningKey::from_pem(&record.pem)
+                    .map_err(|err| Error::Internal(format!("signing key {}: {err}", record.kid)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys = KeySet::new(keys, settings.issuer.clone(), settings.service.clone())
+            .map_err(|err| Error::Internal(err.to_string()))?;
+        Ok(Access {
+            store,
+            keys,
+            settings,
+            password_pool: Semaphore::new(2),
+            verified: Mutex::new(HashMap::new()),
+            throttle: Mutex::new(Throttle::default()),
+        })
+    }
+
+    pub fn settings(&self) -> &AccessSettings {
+        &self.settings
+    }
+
+    pub fn jwks(&self) -> serde_json::Value {
+        self.keys.jwks()
+    }
+
+    /// Records an audit event; a failure to record is logged, never fatal to the request.
+    pub async fn audit(
+        &self,
+        principal: &Principal,
+        action: &str,
+        target: &str,
+        result: &str,
+        reason: Option<String>,
+        client: Option<IpAddr>,
+    ) {
+        let event = AuditEvent {
+            time: now(),
+            principal: principal.label(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            result: result.to_owned(),
+            reason,
+            client: client.map(|ip| ip.to_string()),
+        };
+        if let Err(err) = self.store.record_audit(&event).await {
+            tracing::warn!("could not record an audit event: {err}");
+        }
+    }
+
+    /// Checks a username with a password, personal access token or robot secret.
+    pub async fn authenticate(
+        &self,
+        username: &str,
+        secret: &str,
+        client: Option<IpAddr>,
+    ) -> Result<Principal, AuthError> {
+        let time = now();
+        let keys = throttle_keys(username, client);
+        let wait = self
+            .throttle
+            .lock()
+            .ok()
+            .and_then(|t| t.retry_after(&keys, time));
+        if let Some(retry_after) = wait {
+            return Err(AuthError::Throttled { retry_after });
+        }
+        let outcome = self.check_credentials(username, secret, time).await;
+        match outcome {
+            Ok(Some(principal)) => {
+                if let Ok(mut throttle) = self.throttle.lock() {
+                    throttle.succeed(&keys[0]);
+                }
+                Ok(principal)
+            }
+            Ok(None) => {
+                if let Ok(mut throttle) = self.throttle.lock() {
+                    throttle.fail(&keys, time);
+                }
+                tracing::info!(username = %username, "failed login for {username}");
+                let who = Principal::User {
+                    name: username.to_owned(),
+                    admin: false,
+                    disabled: false,
+                };
+                self.audit(
+                    &who,
+                    "login",
+                    username,
+                    "failed",
+                    Some("invalid credentials".into()),
+                    client,
+                )
+                .await;
+                Err(AuthError::BadCredentials)
+            }
+            Err(err) => {
+                tracing::error!("authentication backend failed: {err}");
+                Err(AuthError::BadCredentials)
+            }
+        }
+    }
+
+    async fn check_credentials(
+        &self,
+        username: &str,
+        secret: &str,
+        time: i64,
+    ) -> Result<Option<Principal>, Error> {
+        if auth::secret::looks_like_secret(secret) {
+            let hash = auth::secret::hash(secret);
+            return Ok(match self.store.secret_owner(&hash, time).await? {
+                Some(SecretOwner::Robot(robot))
+                    if robot.name == username && !robot.revoked && robot.expires_at > time =>
+                {
+                    Some(robot_principal(&robot))
+                }
+                Some(SecretOwner::AccessToken { token, user })
+                    if user.name == username
+                        && !user.disabled
+                        && !token.revoked
+                        && token.expires_at.is_none_or(|expiry| expiry > time) =>
+                {
+                    Some(user_principal(&user))
+                }
+                _ => None,
+            });
+        }
+        let user = self.store.user(username).await?;
+        let stored = user.as_ref().map_or_else(
+            || auth::password::decoy_hash().to_owned(),
+            |u| u.password_hash.clone(),
+        );
+        let cache_key: [u8; 32] = Sha256::new()
+            .chain_update(username.as_bytes())
+            .chain_update([0])
+            .chain_update(secret.as_bytes())
+            .chain_update([0])
+            .chain_update(stored.as_bytes())
+            .finalize()
+            .into();
+        let cached = self
+            .verified
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(&cache_key).copied())
+            .is_some_and(|expiry| expiry > time);
+        let valid = if cached {
+            true
+        } else {
+            let permit = self
+                .password_pool
+                .acquire()
+                .await
+                .map_err(|err| Error::Internal(err.to_string()))?;
+            let secret = secret.to_owned();
+            let stored_hash = stored.clone();
+            let valid =
+                tokio::task::spawn_blocking(move || auth::password::verify(&secret, &stored_hash))
+                    .await
+                    .map_err(|err| Error::Internal(err.to_string()))?;
+            drop(permit);
+            if valid {
+                if let Ok(mut cache) = self.verified.lock() {
+                    if cache.len() >= VERIFIED_CACHE_MAX {
+                        cache.retain(|_, expiry| *expiry > time);
+                        if cache.len() >= VERIFIED_CACHE_MAX {
+                            cache.clear();
+                        }
+                    }
+                    cache.insert(cache_key, time + VERIFIED_CACHE_SECS);
+                }
+            }
+            valid
+        };
+        // A disabled account fails like a wrong password, so logins do not reveal it.
+        Ok(match user {
+            Some(user) if valid && !user.disabled => Some(user_principal(&user)),
+            _ => None,
+        })
+    }
+
+    /// The principal a token subject (`user:NAME`, `robot:NAME`) names, as it stands now.
+    pub async fn principal(&self, subject: &str) -> Result<Option<Principal>, Error> {
+        if let Some(name) = subject.strip_prefix("user:") {
+            return Ok(self.store.user(name).await?.as_ref().map(user_principal));
+        }
+        if let Some(name) = subject.strip_prefix("robot:") {
+            return Ok(self.store.robot(name).await?.as_ref().map(robot_principal));
+        }
+        Ok((subject == "anonymous").then_some(Principal::Anonymous))
+    }
+
+    /// Decides with the repository's project policy, loaded in one read.
+    pub async fn decide(
+        &self,
+        principal: &Principal,
+        repository: &RepositoryName,
+        action: Action,
+    ) -> Result<Decision, Error> {
+        let policy = self.project_policy(repository.project()).await?;
+        Ok(auth::authorize(
+            policy.as_ref(),
+            principal,
+            repository,
+            action,
+            now(),
+        ))
+    }
+
+    pub async fn project_policy(&self, project: &str) -> Result<Option<ProjectPolicy>, Error> {
+        let Some((record, members)) = self.store.project_policy(project).await? else {
+            return Ok(None);
+        };
+        Ok(Some(ProjectPolicy {
+            name: record.name,
+            public: record.public,
+            members: members
+                .into_iter()
+                .filter_map(|m| Role::parse(&m.role).map(|role| (m.user, role)))
+                .collect(),
+        }))
+    }
+
+    /// Verifies a registry token; with `allow_expired`, an expired but otherwise valid token
+    /// passes (for upload sessions that outlive their token).
+    pub fn verify(&self, token: &str, allow_expired: bool) -> Result<Claims, TokenError> {
+        if allow_expired {
+            self.keys.verify_allowing_expiry(token, now())
+        } else {
+            self.keys.verify(token, false, now())
+        }
+    }
+
+    /// Issues a token with the intersection of what `scopes` ask and what `principal` may do.
+    pub async fn issue(
+        &self,
+        principal: &Principal,
+        scopes: &[Scope],
+        offline: bool,
+    ) -> Result<TokenGrant, Error> {
+        let mut granted: Vec<AccessEntry> = Vec::new();
+        for scope in scopes {
+            match &scope.resource {
+                Resource::Repository(name) => {
+                    let mut actions = Vec::new();
+                    for action in &scope.actions {
+                        if self.decide(principal, name, *action).await?.allowed {
+                            actions.push(action.as_str().to_owned());
+                        }
+                    }
+                    match granted
+                        .iter_mut()
+                        .find(|entry| entry.kind == "repository" && entry.name == name.as_str())
+                    {
+                        Some(entry) => {
+                            for action in actions {
+                                if !entry.actions.contains(&action) {
+                                    entry.actions.push(action);
+                                }
+                            }
+                        }
+                        None => granted.push(AccessEntry {
+                            kind: "repository".into(),
+                            name: name.to_string(),
+                            actions,
+                        }),
+                    }
+                }
+                Resource::Catalog => {
+                    if !matches!(principal, Principal::Anonymous) && !scope.actions.is_empty() {
+                        granted.push(AccessEntry {
+                            kind: "registry".into(),
+                            name: "catalog".into(),
+                            actions: vec!["*".into()],
+                        });
+                    }
+                }
+            }
+        }
+        let time = now();
+        let subject = principal.label();
+        let lifetime = i64::try_from(self.settings.token_lifetime.as_secs()).unwrap_or(300);
+        let access = self
+            .keys
+            .issue(
+                &subject,
+                granted.clone(),
+                false,
+                lifetime,
+                time,
+                uuid::Uuid::new_v4().simple().to_string(),
+            )
+            .map_err(|err| Error::Internal(err.to_string()))?;
+        let refresh = if offline && !matches!(principal, Principal::Anonymous) {
+            let lifetime =
+                i64::try_from(self.settings.refresh_lifetime.as_secs()).unwrap_or(86_400);
+            Some(
+                self.keys
+                    .issue(
+                        &subject,
+                        Vec::new(),
+                        true,
+                        lifetime,
+                        time,
+                        uuid::Uuid::new_v4().simple().to_string(),
+                    )
+                    .map_err(|err| Error::Internal(err.to_string()))?,
+            )
+        } else {
+            None
+        };
+        Ok(TokenGrant {
+            access,
+            refresh,
+            granted,
+        })
+    }
+
+    /// The principal a refresh token was issued to, re-checked as it stands now.
+    pub async fn refresh(&self, token: &str) -> Result<Principal, AuthError> {
+        let claims = self
+            .keys
+            .verify(token, true, now())
+            .map_err(AuthError::BadToken)?;
+        match self.principal(&claims.sub).await {
+            Ok(Some(principal)) => Ok(principal),
+            Ok(None) | Err(_) => Err(AuthError::BadCredentials),
+        }
+    }
+}
+
+fn throttle_keys(username: &str, client: Option<IpAddr>) -> Vec<String> {
+    let mut keys = vec![format!("account:{username}")];
+    keys.extend(client.map(|ip| format!("client:{ip}")));
+    keys
+}
+
+/// Whether a token's access list covers `action` on `repository`.
+pub fn token_allows(claims: &Claims, repository: &RepositoryName, action: Action) -> bool {
+    claims.access.iter().any(|entry| {
+        entry.kind == "repository"
+            && entry.name == repository.as_str()
+            && entry.actions.iter().any(|a| a == action.as_str())
+    })
+}
+
+/// Whether a token grants the catalog.
+pub fn token_allows_catalog(claims: &Claims) -> bool {
+    claims
+        .access
+        .iter()
+        .any(|entry| entry.kind == "registry" && entry.name == "catalog")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttling_starts_after_free_failures_and_grows() {
+        let mut throttle = Throttle::default();
+        let keys = throttle_keys("alice", Some(IpAddr::from([10, 0, 0, 1])));
+        for _ in 0..THROTTLE_FREE_FAILURES {
+            throttle.fail(&keys, 100);
+        }
+        assert_eq!(
+            throttle.retry_after(&keys, 100),
+            None,
+            "the first failures are free"
+        );
+        throttle.fail(&keys, 100);
+        assert_eq!(throttle.retry_after(&keys, 100), Some(2));
+        throttle.fail(&keys, 100);
+        assert_eq!(throttle.retry_after(&keys, 100), Some(4));
+        let other_account_same_client = throttle_keys("bob", Some(IpAddr::from([10, 0, 0, 1])));
+        assert_eq!(
+            throttle.retry_after(&other_account_same_client, 100),
+            Some(4),
+            "the client address is throttled too"
+        );
+        throttle.succeed(&keys[0]);
+        assert_eq!(
+            throttle.retry_after(&keys[..1], 100),
+            None,
+            "a success clears the account"
+        );
+    }
+
+    #[test]
+    fn stored_grants_round_trip_and_drop_unknown_actions() {
+        let grants = grants_from_json(r#"[{"pattern":"team/*","actions":["pull","fly","push"]}]"#);
+        assert_eq!(grants.len(), 1);
+        assert_eq!(
+            grants[0]
+                .actions
+                .iter()
+                .map(|a| a.as_str())
+                .collect::<Vec<_>>(),
+            vec!["pull", "push"]
+        );
+        assert!(grants_from_json("not json").is_empty());
+    }
+}

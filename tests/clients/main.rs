@@ -1,0 +1,14 @@
+//! Black-box tests: the real `bulwark` binary, started as a process on a random port, driven
+//! by the real clients users run (skopeo, buildah, podman, curl) and checked over HTTPS.
+//!
+//! One test binary holds every module, because each binary costs a link. Each test starts its
+//! own server with its own data directory and uses its own repositories, so the tests run in
+//! parallel. Build the binary first (`cargo build --bin bulwark`, or `tools/check`, which also
+//! installs the clients); a missing client fails the test, it is never skipped.
+
+mod support;
+
+mod buildah_podman;
+mod lifecycle;
+mod skopeo;
+mod tls;

@@ -1,0 +1,27 @@
+//! What every black-box test stands on: the real `bulwark` binary as a guard (`server`), the
+//! real client programs in an environment isolated from the host's configuration (`clients`),
+//! HTTPS requests that trust only the server's CA (`http`), and OCI image layouts written
+//! byte for byte (`layout`).
+//!
+//! Invariants:
+//! - Nothing here mocks the registry or a client: every byte crosses a real TLS socket.
+//! - Every test gets its own server, data directory and client storage, so tests run in
+//!   parallel without seeing each other's state.
+
+pub mod clients;
+pub mod http;
+pub mod layout;
+pub mod server;
+
+use sha2::Digest as _;
+
+/// The OCI digest (`sha256:<hex>`) of `bytes`.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    let hash = sha2::Sha256::digest(bytes);
+    let mut text = String::with_capacity(7 + 64);
+    text.push_str("sha256:");
+    for byte in hash.iter() {
+        text.push_str(&format!("{byte:02x}"));
+    }
+    text
+}
