@@ -7,7 +7,7 @@
 use crate::support::clients::{path_str, stdout_text, Clients};
 use crate::support::http::Http;
 use crate::support::layout::layer_digests;
-use crate::support::server::Server;
+use crate::support::server::{admin_creds, Server};
 use crate::support::sha256_digest;
 
 /// Fails the test unless `repository:tag` is served as the manifest with digest `digest`, and
@@ -41,6 +41,7 @@ fn buildah_builds_and_pushes_then_podman_pulls_and_pushes_elsewhere() {
     let digests = clients.scratch("digests");
     let buildah_digest = digests.join("buildah");
     let podman_digest = digests.join("podman");
+    let creds = admin_creds();
     let built = format!("{}/team/built:v1", server.host());
     let copied = format!("{}/team/copied:v1", server.host());
 
@@ -61,6 +62,8 @@ fn buildah_builds_and_pushes_then_podman_pulls_and_pushes_elsewhere() {
         "push",
         "--cert-dir",
         certs,
+        "--creds",
+        &creds,
         "--digestfile",
         path_str(&buildah_digest),
         "localhost/tiny:v1",
@@ -75,7 +78,7 @@ fn buildah_builds_and_pushes_then_podman_pulls_and_pushes_elsewhere() {
     let left = stdout_text(&clients.podman(["images", "--quiet"]));
     assert!(left.is_empty(), "the local store still holds {left}");
 
-    clients.podman(["pull", "--cert-dir", certs, &built]);
+    clients.podman(["pull", "--cert-dir", certs, "--creds", &creds, &built]);
     let pulled =
         stdout_text(&clients.podman(["image", "inspect", "--format", "{{.Digest}}", &built]));
     assert_eq!(
@@ -88,6 +91,8 @@ fn buildah_builds_and_pushes_then_podman_pulls_and_pushes_elsewhere() {
         "push",
         "--cert-dir",
         certs,
+        "--creds",
+        &creds,
         "--digestfile",
         path_str(&podman_digest),
         &built,

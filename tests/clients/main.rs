@@ -1,5 +1,5 @@
 //! Black-box tests: the real `bulwark` binary, started as a process on a random port, driven
-//! by the real clients users run (skopeo, buildah, podman, curl) and checked over HTTPS.
+//! by the real clients users run (skopeo, buildah, podman, docker, curl) and checked over HTTPS.
 //!
 //! One test binary holds every module, because each binary costs a link. Each test starts its
 //! own server with its own data directory and uses its own repositories, so the tests run in
@@ -8,7 +8,9 @@
 
 mod support;
 
+mod auth;
 mod buildah_podman;
+mod cli;
 mod lifecycle;
 mod skopeo;
 mod tls;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::support::clients::{path_str, Clients};
 use crate::support::http::Http;
 use crate::support::layout::{self, Layout, OCI_INDEX};
-use crate::support::server::Server;
+use crate::support::server::{admin_creds, Server};
 use crate::support::sha256_digest;
 
 /// Fails the test unless the registry serves `manifest` at `repository:reference`, with the
@@ -36,6 +36,7 @@ fn skopeo_pushes_inspects_lists_pulls_back_and_deletes_an_image() {
     let server = Server::start();
     let certs = server.certs_dir();
     let certs = path_str(certs.path());
+    let creds = admin_creds();
     let clients = Clients::new();
     let http = Http::new(&server);
     let (layout, image) = layout::single_image(&clients.scratch("app"), "team-app", "v1");
@@ -45,12 +46,22 @@ fn skopeo_pushes_inspects_lists_pulls_back_and_deletes_an_image() {
         "copy",
         "--dest-cert-dir",
         certs,
+        "--dest-creds",
+        &creds,
         &layout.reference("v1"),
         &remote,
     ]);
 
     let raw = clients
-        .skopeo(["inspect", "--raw", "--cert-dir", certs, &remote])
+        .skopeo([
+            "inspect",
+            "--raw",
+            "--cert-dir",
+            certs,
+            "--creds",
+            &creds,
+            &remote,
+        ])
         .stdout;
     assert_eq!(
         sha256_digest(&raw),
@@ -69,6 +80,8 @@ fn skopeo_pushes_inspects_lists_pulls_back_and_deletes_an_image() {
         "list-tags",
         "--cert-dir",
         certs,
+        "--creds",
+        &creds,
         &format!("docker://{}/team/app", server.host()),
     ]);
     let tags: serde_json::Value = serde_json::from_slice(&tags.stdout).expect("list-tags JSON");
@@ -79,6 +92,8 @@ fn skopeo_pushes_inspects_lists_pulls_back_and_deletes_an_image() {
         "copy",
         "--src-cert-dir",
         certs,
+        "--src-creds",
+        &creds,
         &remote,
         &format!("oci:{}:v1", pulled_dir.display()),
     ]);
@@ -92,7 +107,7 @@ fn skopeo_pushes_inspects_lists_pulls_back_and_deletes_an_image() {
         layout::read_blob(&pulled_dir, digest);
     }
 
-    clients.skopeo(["delete", "--cert-dir", certs, &remote]);
+    clients.skopeo(["delete", "--cert-dir", certs, "--creds", &creds, &remote]);
     assert_eq!(
         http.manifest("team/app", "v1").status,
         404,
@@ -103,7 +118,15 @@ fn skopeo_pushes_inspects_lists_pulls_back_and_deletes_an_image() {
         404,
         "skopeo deletes by digest: the manifest is gone"
     );
-    let failed = clients.skopeo_failing(["inspect", "--raw", "--cert-dir", certs, &remote]);
+    let failed = clients.skopeo_failing([
+        "inspect",
+        "--raw",
+        "--cert-dir",
+        certs,
+        "--creds",
+        &creds,
+        &remote,
+    ]);
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(
         stderr.contains("manifest unknown"),
@@ -116,6 +139,7 @@ fn skopeo_copies_a_multi_arch_index_with_its_digest_preserved() {
     let server = Server::start();
     let certs = server.certs_dir();
     let certs = path_str(certs.path());
+    let creds = admin_creds();
     let clients = Clients::new();
     let http = Http::new(&server);
     let mut layout = Layout::create(&clients.scratch("multi"));
@@ -131,6 +155,8 @@ fn skopeo_copies_a_multi_arch_index_with_its_digest_preserved() {
         "--preserve-digests",
         "--dest-cert-dir",
         certs,
+        "--dest-creds",
+        &creds,
         &layout.reference("v1"),
         &remote,
     ]);
@@ -145,7 +171,15 @@ fn skopeo_copies_a_multi_arch_index_with_its_digest_preserved() {
     );
     assert_serves_manifest(&http, "team/multi", "v1", &index.manifest);
     let raw = clients
-        .skopeo(["inspect", "--raw", "--cert-dir", certs, &remote])
+        .skopeo([
+            "inspect",
+            "--raw",
+            "--cert-dir",
+            certs,
+            "--creds",
+            &creds,
+            &remote,
+        ])
         .stdout;
     assert_eq!(sha256_digest(&raw), index.descriptor.digest);
 
@@ -170,6 +204,8 @@ fn skopeo_copies_a_multi_arch_index_with_its_digest_preserved() {
         "arm64",
         "--cert-dir",
         certs,
+        "--creds",
+        &creds,
         &remote,
     ]);
     let arm64_config: serde_json::Value =
@@ -182,6 +218,7 @@ fn skopeo_copies_between_repositories_by_mounting_blobs() {
     let server = Server::start();
     let certs = server.certs_dir();
     let certs = path_str(certs.path());
+    let creds = admin_creds();
     let clients = Clients::new();
     let http = Http::new(&server);
     let (layout, image) = layout::single_image(&clients.scratch("a"), "team-a", "v1");
@@ -191,6 +228,8 @@ fn skopeo_copies_between_repositories_by_mounting_blobs() {
         "copy",
         "--dest-cert-dir",
         certs,
+        "--dest-creds",
+        &creds,
         &layout.reference("v1"),
         &source,
     ]);
@@ -199,8 +238,12 @@ fn skopeo_copies_between_repositories_by_mounting_blobs() {
         "copy",
         "--src-cert-dir",
         certs,
+        "--src-creds",
+        &creds,
         "--dest-cert-dir",
         certs,
+        "--dest-creds",
+        &creds,
         &source,
         &target,
     ]);

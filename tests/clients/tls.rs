@@ -1,5 +1,5 @@
-//! TLS as clients see it: an untrusted CA is refused by skopeo and curl and a trusted one
-//! works; the generated certificate covers every local name and `--tls-san`; plaintext HTTP
+//! TLS as clients see it: an untrusted CA is refused by skopeo and curl (with valid
+//! credentials, so the refusal is the certificate's) and a trusted one works; the generated certificate covers every local name and `--tls-san`; plaintext HTTP
 //! on the TLS port gets a quick 400; and an operator's certificate replaced on disk is served
 //! to new connections without a restart, never paired with the wrong key.
 
@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 
 use crate::support::clients::{output, path_str, printed, run, stdout_text, Clients};
-use crate::support::http::Http;
+use crate::support::http::{Auth, Http};
 use crate::support::layout;
-use crate::support::server::Server;
+use crate::support::server::{admin_creds, Server};
 use crate::support::sha256_digest;
 
 /// Fails the test if the host's configuration trusts something for the server's address: the
@@ -42,11 +42,14 @@ fn clients_refuse_the_registry_until_they_trust_its_ca() {
     let clients = Clients::new();
     let (layout, image) = layout::single_image(&clients.scratch("tls"), "team-tls", "v1");
     let remote = format!("docker://{}/team/tls:v1", server.host());
+    let creds = admin_creds();
     assert_host_trusts_nothing_for(&server);
     clients.skopeo([
         "copy",
         "--dest-cert-dir",
         certs,
+        "--dest-creds",
+        &creds,
         &layout.reference("v1"),
         &remote,
     ]);
@@ -56,6 +59,8 @@ fn clients_refuse_the_registry_until_they_trust_its_ca() {
         "--raw",
         "--cert-dir",
         path_str(empty.path()),
+        "--creds",
+        &creds,
         &remote,
     ]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
@@ -63,12 +68,20 @@ fn clients_refuse_the_registry_until_they_trust_its_ca() {
         stderr.contains("certificate signed by unknown authority"),
         "skopeo without the CA should fail verifying the certificate:\n{stderr}"
     );
-    let trusted = clients.skopeo(["inspect", "--raw", "--cert-dir", certs, &remote]);
+    let trusted = clients.skopeo([
+        "inspect",
+        "--raw",
+        "--cert-dir",
+        certs,
+        "--creds",
+        &creds,
+        &remote,
+    ]);
     assert_eq!(sha256_digest(&trusted.stdout), image.descriptor.digest);
 
     // curl with the system's roots (this environment points CURL_CA_BUNDLE at them).
     let url = format!("https://{}/v2/", server.host());
-    let refused = output(Command::new("curl").args(["-sS", "-o", "/dev/null", &url]));
+    let refused = output(Command::new("curl").args(["-sS", "-o", "/dev/null", "-u", &creds, &url]));
     assert_eq!(
         refused.status.code(),
         Some(60),
@@ -76,9 +89,29 @@ fn clients_refuse_the_registry_until_they_trust_its_ca() {
         printed(&refused)
     );
     let ca = server.data_dir().join("tls/ca.crt");
-    let trusted =
-        run(Command::new("curl").args(["-sS", "--fail", "--cacert", path_str(&ca), &url]));
+    let trusted = run(Command::new("curl").args([
+        "-sS",
+        "--fail",
+        "--cacert",
+        path_str(&ca),
+        "-u",
+        &creds,
+        &url,
+    ]));
     assert_eq!(stdout_text(&trusted), "{}");
+    // The same request without credentials passes TLS and is refused by the registry: what
+    // failed above was the certificate, not the login.
+    let anonymous = run(Command::new("curl").args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--cacert",
+        path_str(&ca),
+        &url,
+    ]));
+    assert_eq!(stdout_text(&anonymous), "401", "anonymous GET /v2/");
 }
 
 #[test]
@@ -98,6 +131,8 @@ fn the_generated_certificate_covers_every_local_name_and_extra_sans() {
             "--fail",
             "--cacert",
             path_str(&ca),
+            "-u",
+            &admin_creds(),
             "--resolve",
             &format!("{name}:{port}:127.0.0.1"),
             &format!("https://{name}:{port}/v2/"),
@@ -184,7 +219,7 @@ fn replace(path: &Path, contents: &[u8]) {
 
 /// Whether a new client trusting only `cert` gets an answer from `/v2/`.
 fn accepted_trusting(url: &str, cert: &[u8]) -> Result<(), String> {
-    let http = Http::trusting(url, cert);
+    let http = Http::trusting(url, cert).with_auth(Auth::admin());
     match http.try_send(Method::GET, "/v2/", &[], Vec::new()) {
         Ok(reply) if reply.status == 200 => Ok(()),
         Ok(reply) => Err(format!("status {}", reply.status)),

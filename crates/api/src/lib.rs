@@ -1,7 +1,8 @@
 //! The only crate that knows HTTP: the `/v2` distribution API.
 //!
-//! Every `/v2` request goes through one wildcard route, is parsed into an `Operation`, and is
-//! answered by one `registry` call whose result is mapped to the spec's response.
+//! Every `/v2` request goes through one wildcard route, is parsed into an `Operation`,
+//! authorized (`access`), and answered by one `registry` call whose result is mapped to the
+//! spec's response. `/auth/token` is the Docker token service (`token`).
 //!
 //! Invariants:
 //! - Handlers hold no business rules: extract, call `registry`, map the answer.
@@ -9,8 +10,11 @@
 //! - Request and response bodies of blobs stream; only manifests (bounded by the configured
 //!   limit) are read whole.
 
+pub mod access;
+pub mod admin;
 pub mod error;
 pub mod operation;
+pub mod token;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,33 +24,69 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::{any, get};
 use axum::Router;
 use oci::{Digest, ErrorCode, RepositoryName};
+use registry::access::Access;
 use registry::{Registry, UploadStart, UploadStatus};
 use tracing::Instrument;
 
+use crate::access::{Caller, ClientAddress};
 use crate::error::ApiError;
 use crate::operation::{Method, Operation};
 
 #[derive(Clone)]
 pub struct AppState {
     pub registry: Arc<Registry>,
+    pub access: Arc<Access>,
 }
 
 /// The whole HTTP surface, ready to serve.
-pub fn router(registry: Arc<Registry>) -> Router {
+pub fn router(registry: Arc<Registry>, access: Arc<Access>) -> Router {
     Router::new()
         .route("/v2", any(v2_root))
         .route("/v2/", any(v2_root))
         .route("/v2/{*rest}", any(v2))
+        .route("/auth/token", get(token::get_token).post(token::post_token))
+        .route("/auth/jwks", get(token::jwks))
+        .merge(admin::router())
         .fallback(not_found)
-        .with_state(AppState { registry })
+        .with_state(AppState { registry, access })
         .layer(middleware::from_fn(log_request))
 }
 
+/// How much of a refused request's body is read (and discarded) so the client sees the answer
+/// instead of a reset connection; a larger body gets the answer and a closed connection.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn drain(body: Body) {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut read = 0usize;
+    let reading = async {
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |data| data.len());
+            if read > DRAIN_LIMIT {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, reading).await;
+}
+
 /// One log line per request, inside a span carrying the request id.
-async fn log_request(request: Request, next: Next) -> Response {
+async fn log_request(mut request: Request, next: Next) -> Response {
+    // HTTP/2 carries the host in the URI's authority, HTTP/1.1 in `Host`; handlers read `Host`.
+    if !request.headers().contains_key(header::HOST) {
+        let authority = request
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        if let Some(authority) = authority {
+            request.headers_mut().insert(header::HOST, authority);
+        }
+    }
     let request_id = uuid::Uuid::new_v4().simple().to_string();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
@@ -103,9 +143,49 @@ async fn dispatch(State(state): State<AppState>, rest: &str, request: Request) -
         Ok(operation) => operation,
         Err(err) => return ApiError::from(err).into_response(),
     };
-    match handle(&state.registry, operation, request).await {
-        Ok(response) => response,
+    let client = request.extensions().get::<ClientAddress>().map(|c| c.0);
+    let caller = match access::authorize(&state.access, &operation, request.headers(), client).await
+    {
+        Ok(caller) => caller,
+        Err(err) => {
+            drain(request.into_body()).await;
+            return err.into_response();
+        }
+    };
+    let audited = audit_action(&operation);
+    match handle(&state, operation, request, &caller).await {
+        Ok(response) => {
+            if let Some((action, target)) = audited {
+                state
+                    .access
+                    .audit_as(&caller.label, action, &target, "allowed", None, client)
+                    .await;
+            }
+            response
+        }
         Err(err) => err.into_response(),
+    }
+}
+
+/// Changes recorded in the audit log when they succeed: pushes of manifests and deletes.
+fn audit_action(operation: &Operation) -> Option<(&'static str, String)> {
+    match operation {
+        Operation::PutManifest { name, reference } => Some(("push", format!("{name}:{reference}"))),
+        Operation::DeleteManifest { name, reference } => {
+            Some(("delete", format!("{name}:{reference}")))
+        }
+        Operation::DeleteBlob { name, digest } => Some(("delete", format!("{name}@{digest}"))),
+        Operation::Base
+        | Operation::Catalog { .. }
+        | Operation::ListTags { .. }
+        | Operation::GetManifest { .. }
+        | Operation::GetBlob { .. }
+        | Operation::StartUpload { .. }
+        | Operation::UploadStatus { .. }
+        | Operation::PatchUpload { .. }
+        | Operation::FinishUpload { .. }
+        | Operation::CancelUpload { .. }
+        | Operation::Referrers { .. } => None,
     }
 }
 
@@ -182,10 +262,13 @@ fn response_length(value: &serde_json::Value) -> usize {
 }
 
 async fn handle(
-    registry: &Registry,
+    state: &AppState,
     operation: Operation,
     request: Request,
+    caller: &Caller,
 ) -> Result<Response, ApiError> {
+    let registry = &state.registry;
+    let owner = caller.label.as_str();
     let headers = request.headers().clone();
     let body = request.into_body();
     match operation {
@@ -200,7 +283,16 @@ async fn handle(
         }
         Operation::Catalog { n, last } => {
             let page = registry.catalog(n, last).await?;
-            let mut response = json_response(&serde_json::json!({ "repositories": page.items }));
+            // The page lists only what the caller may pull; `next` still continues the walk.
+            let mut visible = Vec::with_capacity(page.items.len());
+            for item in &page.items {
+                if let Ok(name) = item.parse::<RepositoryName>() {
+                    if caller.may_pull(&state.access, &name).await? {
+                        visible.push(item.clone());
+                    }
+                }
+            }
+            let mut response = json_response(&serde_json::json!({ "repositories": visible }));
             if let Some(link) = page_link("/v2/_catalog", n, page.next.as_deref()) {
                 set(&mut response, "link", link);
             }
@@ -326,13 +418,25 @@ async fn handle(
             if mount.is_none() {
                 if let Some(digest) = digest {
                     registry
-                        .upload_blob(&name, &digest, body.into_data_stream())
+                        .upload_blob(&name, &digest, body.into_data_stream(), owner)
                         .await?;
                     return Ok(blob_created(&name, &digest));
                 }
             }
+            // Mounting needs pull on `from`; without it the client silently gets a plain upload,
+            // which reveals nothing about what `from` holds.
+            let mount = match mount {
+                Some((digest, from)) if caller.may_pull(&state.access, &from).await? => {
+                    Some((digest, from))
+                }
+                Some(_) | None => None,
+            };
             match registry
-                .start_upload(&name, mount.as_ref().map(|(digest, from)| (digest, from)))
+                .start_upload(
+                    &name,
+                    mount.as_ref().map(|(digest, from)| (digest, from)),
+                    owner,
+                )
                 .await?
             {
                 UploadStart::Mounted(digest) => Ok(blob_created(&name, &digest)),
@@ -342,13 +446,13 @@ async fn handle(
             }
         }
         Operation::UploadStatus { name, id } => {
-            let status = registry.upload_status(&name, &id).await?;
+            let status = registry.upload_status(&name, &id, owner).await?;
             Ok(upload_response(StatusCode::NO_CONTENT, &name, status))
         }
         Operation::PatchUpload { name, id } => {
             let range = content_range(&headers)?;
             let status = registry
-                .append_upload(&name, &id, range, body.into_data_stream())
+                .append_upload(&name, &id, range, body.into_data_stream(), owner)
                 .await
                 .map_err(|err| {
                     // A client told its chunk was out of order resumes from these headers.
@@ -367,12 +471,12 @@ async fn handle(
         Operation::FinishUpload { name, id, digest } => {
             let range = content_range(&headers)?;
             registry
-                .finish_upload(&name, &id, &digest, range, body.into_data_stream())
+                .finish_upload(&name, &id, &digest, range, body.into_data_stream(), owner)
                 .await?;
             Ok(blob_created(&name, &digest))
         }
         Operation::CancelUpload { name, id } => {
-            registry.cancel_upload(&name, &id).await?;
+            registry.cancel_upload(&name, &id, owner).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         Operation::Referrers {

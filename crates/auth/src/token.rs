@@ -15,7 +15,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Clock skew tolerated between replicas, in seconds.
+/// Clock skew tolerated between replicas for `nbf`, in seconds. Expiry is exact: a token's
+/// `expires_in` is what the client was promised, and no more.
 pub const LEEWAY: i64 = 30;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,7 +250,7 @@ impl KeySet {
         if claims.aud != self.audience {
             return Err(TokenError::WrongAudience);
         }
-        if check_expiry && claims.exp <= now - LEEWAY {
+        if check_expiry && claims.exp <= now {
             return Err(TokenError::Expired);
         }
         if claims.nbf > now + LEEWAY {

@@ -154,6 +154,7 @@ fn upload_record(row: &SqliteRow) -> Result<UploadRecord, Error> {
             .map_err(|_| corrupt("repository name", &repository))?,
         offset: to_u64(row.get("byte_offset")),
         hash_state: row.get("hash_state"),
+        principal: row.get("principal"),
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
     })
@@ -461,11 +462,12 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn create_upload(&self, upload: &UploadRecord) -> Result<(), Error> {
-        sqlx::query("INSERT INTO uploads (id, repository, byte_offset, hash_state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO uploads (id, repository, byte_offset, hash_state, principal, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
             .bind(upload.id.to_string())
             .bind(upload.repository.as_str())
             .bind(to_i64(upload.offset))
             .bind(&upload.hash_state)
+            .bind(upload.principal.as_deref())
             .bind(upload.created_at)
             .bind(upload.updated_at)
             .execute(&self.pool)

@@ -366,6 +366,7 @@ async fn uploads_advance_only_from_the_expected_offset(store: &dyn MetadataStore
         repository: name("uploads/app"),
         offset: 0,
         hash_state: vec![1, 2, 3],
+        principal: Some("user:alice".into()),
         created_at: 100,
         updated_at: 100,
     };

@@ -51,6 +51,8 @@ pub struct UploadRecord {
     pub repository: RepositoryName,
     pub offset: u64,
     pub hash_state: Vec<u8>,
+    /// Who started the upload (`user:NAME`, `robot:NAME`); only they may continue it.
+    pub principal: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }

@@ -219,9 +219,23 @@ impl Access {
         reason: Option<String>,
         client: Option<IpAddr>,
     ) {
+        self.audit_as(&principal.label(), action, target, result, reason, client)
+            .await;
+    }
+
+    /// `audit` for a caller known only by its label (a token subject).
+    pub async fn audit_as(
+        &self,
+        principal: &str,
+        action: &str,
+        target: &str,
+        result: &str,
+        reason: Option<String>,
+        client: Option<IpAddr>,
+    ) {
         let event = AuditEvent {
             time: now(),
-            principal: principal.label(),
+            principal: principal.to_owned(),
             action: action.to_owned(),
             target: target.to_owned(),
             result: result.to_owned(),
@@ -509,6 +523,13 @@ impl Access {
             .verify(token, true, now())
             .map_err(AuthError::BadToken)?;
         match self.principal(&claims.sub).await {
+            // A refresh token dies with its account: disabled users, revoked or expired robots.
+            Ok(Some(Principal::User { disabled: true, .. })) => Err(AuthError::BadCredentials),
+            Ok(Some(Principal::Robot {
+                revoked,
+                expires_at,
+                ..
+            })) if revoked || expires_at <= now() => Err(AuthError::BadCredentials),
             Ok(Some(principal)) => Ok(principal),
             Ok(None) | Err(_) => Err(AuthError::BadCredentials),
         }

@@ -9,6 +9,7 @@
 //! - An upload session belongs to one repository; another repository cannot see it.
 
 pub mod access;
+pub mod admin;
 mod error;
 mod uploads;
 

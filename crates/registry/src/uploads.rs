@@ -68,11 +68,13 @@ pub enum UploadStart {
 }
 
 impl Registry {
-    /// Starts an upload, or mounts `digest` from `from` when that repository holds it.
+    /// Starts an upload for `owner` (a principal label), or mounts `digest` from `from` when
+    /// that repository holds it. The caller has checked that `owner` may pull `from`.
     pub async fn start_upload(
         &self,
         repository: &RepositoryName,
         mount: Option<(&Digest, &RepositoryName)>,
+        owner: &str,
     ) -> Result<UploadStart, Error> {
         if let Some((digest, from)) = mount {
             if self
@@ -91,6 +93,7 @@ impl Registry {
             repository: repository.clone(),
             offset: 0,
             hash_state: Sha256State::new().to_bytes(),
+            principal: Some(owner.to_owned()),
             created_at: time,
             updated_at: time,
         };
@@ -107,21 +110,36 @@ impl Registry {
         repository: &RepositoryName,
         digest: &Digest,
         body: S,
+        owner: &str,
     ) -> Result<(), Error>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let UploadStart::Session(status) = self.start_upload(repository, None).await? else {
+        let UploadStart::Session(status) = self.start_upload(repository, None, owner).await? else {
             return Err(Error::Internal(
                 "a plain upload start mounted a blob".into(),
             ));
         };
-        self.finish_upload(repository, &status.id.to_string(), digest, None, body)
-            .await
+        self.finish_upload(
+            repository,
+            &status.id.to_string(),
+            digest,
+            None,
+            body,
+            owner,
+        )
+        .await
     }
 
-    async fn session(&self, repository: &RepositoryName, id: &str) -> Result<UploadRecord, Error> {
+    /// The session, if it exists in `repository` and belongs to `owner`; anyone else is told it
+    /// does not exist.
+    async fn session(
+        &self,
+        repository: &RepositoryName,
+        id: &str,
+        owner: &str,
+    ) -> Result<UploadRecord, Error> {
         let unknown = || Error::UploadUnknown(id.to_owned());
         let uuid = uuid::Uuid::try_parse(id).map_err(|_| unknown())?;
         let record = self
@@ -129,7 +147,11 @@ impl Registry {
             .upload(UploadId(uuid))
             .await?
             .ok_or_else(unknown)?;
-        if record.repository != *repository {
+        let owned = record
+            .principal
+            .as_deref()
+            .is_none_or(|principal| principal == owner);
+        if record.repository != *repository || !owned {
             return Err(unknown());
         }
         Ok(record)
@@ -141,11 +163,12 @@ impl Registry {
         &self,
         repository: &RepositoryName,
         id: &str,
+        owner: &str,
     ) -> Result<(Writing<'_>, UploadRecord), Error> {
         let uuid = uuid::Uuid::try_parse(id).map_err(|_| Error::UploadUnknown(id.to_owned()))?;
         let writing = self.writers.claim(uuid);
         // An unknown session is reported as such even while someone else writes it.
-        let record = self.session(repository, id).await?;
+        let record = self.session(repository, id, owner).await?;
         let writing = writing.ok_or_else(|| {
             Error::UploadInvalid(
                 "another request is writing to this upload; retry when it has finished".into(),
@@ -158,8 +181,9 @@ impl Registry {
         &self,
         repository: &RepositoryName,
         id: &str,
+        owner: &str,
     ) -> Result<UploadStatus, Error> {
-        let record = self.session(repository, id).await?;
+        let record = self.session(repository, id, owner).await?;
         Ok(UploadStatus {
             id: record.id,
             offset: record.offset,
@@ -174,12 +198,13 @@ impl Registry {
         id: &str,
         range: Option<ByteRange>,
         body: S,
+        owner: &str,
     ) -> Result<UploadStatus, Error>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let (_writing, record) = self.session_to_write(repository, id).await?;
+        let (_writing, record) = self.session_to_write(repository, id, owner).await?;
         let offset = self.append(&record, range, body).await?;
         Ok(UploadStatus {
             id: record.id,
@@ -245,12 +270,13 @@ impl Registry {
         digest: &Digest,
         range: Option<ByteRange>,
         body: S,
+        owner: &str,
     ) -> Result<(), Error>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let (_writing, mut record) = self.session_to_write(repository, id).await?;
+        let (_writing, mut record) = self.session_to_write(repository, id, owner).await?;
         if digest.algorithm() != Algorithm::Sha256 {
             self.discard(&record).await;
             return Err(Error::DigestInvalid(format!(
@@ -259,7 +285,7 @@ impl Registry {
         }
         let offset = self.append(&record, range, body).await?;
         if offset != record.offset {
-            record = self.session(repository, id).await?;
+            record = self.session(repository, id, owner).await?;
         }
         let state = Sha256State::from_bytes(&record.hash_state)
             .map_err(|err| Error::Internal(format!("upload {id}: {err}")))?;
@@ -281,8 +307,13 @@ impl Registry {
         Ok(())
     }
 
-    pub async fn cancel_upload(&self, repository: &RepositoryName, id: &str) -> Result<(), Error> {
-        let (_writing, record) = self.session_to_write(repository, id).await?;
+    pub async fn cancel_upload(
+        &self,
+        repository: &RepositoryName,
+        id: &str,
+        owner: &str,
+    ) -> Result<(), Error> {
+        let (_writing, record) = self.session_to_write(repository, id, owner).await?;
         self.blobs.abort(&record.id.to_string()).await?;
         self.metadata.delete_upload(record.id).await?;
         Ok(())

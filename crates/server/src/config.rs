@@ -21,6 +21,34 @@ pub struct Config {
     pub uploads: UploadsConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The token service's `service` name, and the audience of its tokens.
+    pub service: String,
+    /// How long a registry token lives.
+    pub token_lifetime: HumanDuration,
+    /// How long a refresh token (`offline_token=true`) lives.
+    pub refresh_lifetime: HumanDuration,
+    /// Accept Basic credentials on `/v2` directly, for simple scripts.
+    pub basic_on_v2: bool,
+    /// The admin account created on first start.
+    pub admin_user: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            service: "bulwark".into(),
+            token_lifetime: HumanDuration(Duration::from_secs(300)),
+            refresh_lifetime: HumanDuration(Duration::from_secs(30 * 86_400)),
+            basic_on_v2: true,
+            admin_user: "admin".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -75,6 +103,7 @@ impl Default for Config {
             uploads: UploadsConfig::default(),
             shutdown: ShutdownConfig::default(),
             log: LogConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -199,6 +228,13 @@ pub struct Overrides {
     pub log_level: Option<String>,
     #[arg(long, env = "BULWARK_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// How long registry tokens live, e.g. 5m.
+    #[arg(long, env = "BULWARK_TOKEN_LIFETIME")]
+    pub token_lifetime: Option<HumanDuration>,
+    /// The admin account created on first start (its password comes from
+    /// BULWARK_ADMIN_PASSWORD, or is generated and written to <data_dir>/admin-password).
+    #[arg(long, env = "BULWARK_ADMIN_USER")]
+    pub admin_user: Option<String>,
 }
 
 impl Config {
@@ -238,6 +274,12 @@ impl Config {
         }
         if let Some(v) = o.log_level {
             config.log.level = v;
+        }
+        if let Some(v) = o.token_lifetime {
+            config.auth.token_lifetime = v;
+        }
+        if let Some(v) = o.admin_user {
+            config.auth.admin_user = v;
         }
         if let Some(v) = o.log_format {
             config.log.format = v;

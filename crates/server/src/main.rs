@@ -1,8 +1,11 @@
-//! `bulwark`: the registry server.
+//! `bulwark`: the registry server, and the client of its admin API.
 //!
 //! `bulwark serve` (or plain `bulwark`) runs the registry with zero configuration: SQLite and
-//! blobs in `./bulwark-data`, HTTPS on port 5000 with a generated certificate.
+//! blobs in `./bulwark-data`, HTTPS on port 5000 with a generated certificate. `bulwark login`,
+//! `user`, `project`, `member`, `robot`, `token`, `audit` and `whoami` manage a running
+//! registry over its REST API (`cli`).
 
+mod cli;
 mod config;
 mod serve;
 mod tls;
@@ -27,12 +30,15 @@ struct ServeDefaults {
 enum Command {
     /// Run the registry (the default when no command is given).
     Serve(config::Overrides),
+    #[command(flatten)]
+    Client(cli::Command),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let overrides = match cli.command {
         Some(Command::Serve(overrides)) => overrides,
+        Some(Command::Client(command)) => return run_client(command),
         None => ServeDefaults::parse_from(["bulwark"]).overrides,
     };
     let config = match config::Config::load(&overrides) {
@@ -57,6 +63,27 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("bulwark stopped: {err:#}");
+            eprintln!("bulwark: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a client command on a single-threaded runtime: it makes one request at a time.
+fn run_client(command: cli::Command) -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("bulwark: cannot start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
             eprintln!("bulwark: {err:#}");
             std::process::ExitCode::FAILURE
         }

@@ -7,13 +7,18 @@
 //!   configured grace period to finish.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use api::access::ClientAddress;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
+use metadata::identity::{IdentityStore, UserRecord};
+use registry::access::{Access, AccessSettings};
 use registry::{Limits, Registry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -57,7 +62,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_manifest_bytes: config.limits.max_manifest_bytes,
         upload_expiry: config.uploads.expiry.0,
     };
-    let registry = Arc::new(Registry::new(Arc::new(metadata), blobs, limits));
+    let metadata = Arc::new(metadata);
+    bootstrap_admin(metadata.as_ref(), data_dir, &config.auth.admin_user).await?;
+    let settings = AccessSettings {
+        service: config.auth.service.clone(),
+        issuer: config.auth.service.clone(),
+        token_lifetime: config.auth.token_lifetime.0,
+        refresh_lifetime: config.auth.refresh_lifetime.0,
+        basic_on_v2: config.auth.basic_on_v2,
+    };
+    let access = Arc::new(
+        Access::open(metadata.clone(), settings)
+            .await
+            .context("loading token-signing keys")?,
+    );
+    let registry = Arc::new(Registry::new(metadata, blobs, limits));
 
     let listener = TcpListener::bind(&config.listen)
         .await
@@ -91,7 +110,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     spawn_upload_expiry(registry.clone());
-    let app = api::router(registry);
+    let app = api::router(registry, access);
     tracing::info!(address = %address, "listening on https://{address}");
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -156,7 +175,7 @@ async fn serve_connection(
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
         .await
         .context("TLS handshake timed out")??;
-    let service = TowerToHyperService::new(app);
+    let service = TowerToHyperService::new(app.layer(axum::Extension(ClientAddress(peer.ip()))));
     let mut builder = Builder::new(TokioExecutor::new());
     // HTTP/2's default 64 KiB windows would throttle blob uploads to a trickle per round trip.
     builder
@@ -190,6 +209,68 @@ async fn refuse_plaintext(mut stream: TcpStream, peer: SocketAddr) -> anyhow::Re
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await?;
+    Ok(())
+}
+
+/// Creates the admin account on first start. Its password is `BULWARK_ADMIN_PASSWORD`, or is
+/// generated, printed once and written to `<data_dir>/admin-password` (mode 0600).
+async fn bootstrap_admin(
+    store: &dyn IdentityStore,
+    data_dir: &Path,
+    name: &str,
+) -> anyhow::Result<()> {
+    // Only the very first start creates it: once any account exists, admins manage accounts.
+    if !store.list_users(None, 1).await?.is_empty() {
+        return Ok(());
+    }
+    let given = std::env::var("BULWARK_ADMIN_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty());
+    let password = match &given {
+        Some(password) => {
+            auth::password::validate(password)
+                .map_err(|err| anyhow::anyhow!("BULWARK_ADMIN_PASSWORD: {err}"))?;
+            password.clone()
+        }
+        None => auth::secret::random()
+            .plaintext
+            .trim_start_matches(auth::secret::PREFIX)
+            .to_owned(),
+    };
+    let to_hash = password.clone();
+    let password_hash =
+        tokio::task::spawn_blocking(move || auth::password::hash(&to_hash)).await??;
+    let record = UserRecord {
+        name: name.to_owned(),
+        password_hash,
+        admin: true,
+        disabled: false,
+        created_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0)),
+    };
+    match store.create_user(&record).await {
+        Ok(()) => {}
+        // Another replica created it first.
+        Err(metadata::Error::Conflict(_)) => return Ok(()),
+        Err(err) => return Err(err.into()),
+    }
+    if given.is_none() {
+        let file = data_dir.join("admin-password");
+        let mut handle = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&file)
+            .with_context(|| format!("writing {}", file.display()))?;
+        std::io::Write::write_all(&mut handle, format!("{password}\n").as_bytes())?;
+        eprintln!(
+            "Created the admin account {name:?} with password {password}\n             (also written to {}; change it with the admin API and delete that file)",
+            file.display()
+        );
+    }
+    tracing::info!(user = %name, "created the admin account {name}");
     Ok(())
 }
 

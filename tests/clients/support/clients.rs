@@ -9,7 +9,7 @@
 //! - Every command has a deadline, and a failure shows the command line, stdout and stderr.
 
 use std::ffi::OsStr;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -27,21 +27,40 @@ pub fn require(program: &str) {
         found,
         "`{program}` is not installed: run tools/check, which installs every client the \
          black-box tests drive (apt-get install skopeo buildah podman umoci curl openssl \
-         busybox-static fuse-overlayfs)"
+         busybox-static fuse-overlayfs docker.io)"
     );
 }
 
 /// Runs `command` to completion and returns its output, whatever its exit status.
 pub fn output(command: &mut Command) -> Output {
+    output_with_input(command, None)
+}
+
+/// Runs `command` with `input` (if any) as its stdin, to completion, and returns its output,
+/// whatever its exit status.
+pub fn output_with_input(command: &mut Command, input: Option<&[u8]>) -> Output {
     let program = command.get_program().to_string_lossy().into_owned();
     require(&program);
     let line = describe(command);
+    let stdin = if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
     let mut child = command
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|err| panic!("starting `{line}`: {err}"));
+    if let Some(input) = input {
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let input = input.to_vec();
+        // A writer thread: a command that prints before reading cannot deadlock the test.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
     // Read both pipes while waiting, so a verbose command cannot block on a full pipe.
     let mut stdout = child.stdout.take().expect("stdout is piped");
     let mut stderr = child.stderr.take().expect("stderr is piped");
@@ -108,7 +127,8 @@ pub fn printed(output: &Output) -> String {
     )
 }
 
-fn describe(command: &Command) -> String {
+/// The command line of `command`, for failure messages.
+pub fn describe(command: &Command) -> String {
     let mut line = command.get_program().to_string_lossy().into_owned();
     for arg in command.get_args() {
         line.push(' ');
@@ -209,6 +229,11 @@ impl Clients {
         S: AsRef<OsStr>,
     {
         run(self.command("podman").args(args))
+    }
+
+    /// The auth file (`REGISTRY_AUTH_FILE`) that `login` writes and every command reads.
+    pub fn auth_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("auth.json")
     }
 
     /// A scratch directory inside the clients' temporary directory.

@@ -98,19 +98,7 @@ impl Layout {
 
     /// Writes a busybox image for `architecture`; `marker` makes its layer unique.
     pub fn add_image(&mut self, architecture: &str, marker: &str) -> Image {
-        let busybox = std::fs::read(BUSYBOX).unwrap_or_else(|err| {
-            panic!("reading {BUSYBOX} ({err}): install busybox-static (tools/check installs it)")
-        });
-        let mut tar = TarWriter::default();
-        tar.directory("bin/");
-        tar.file("bin/busybox", 0o755, &busybox);
-        tar.directory("etc/");
-        tar.file(
-            "etc/bulwark-test",
-            0o644,
-            format!("{marker} {architecture}\n").as_bytes(),
-        );
-        let tar = tar.finish();
+        let tar = busybox_rootfs(&format!("{marker} {architecture}"));
         let diff_id = sha256_digest(&tar);
         let layer = self.put_blob(OCI_LAYER_GZIP, &gzip_stored(&tar));
         let config = json!({
@@ -238,6 +226,20 @@ pub fn layer_digests(manifest: &[u8]) -> Vec<String> {
         .iter()
         .map(|layer| layer["digest"].as_str().expect("a digest").to_owned())
         .collect()
+}
+
+/// An uncompressed root filesystem (a tar) holding `/bin/busybox` and `/etc/bulwark-test`,
+/// whose text is `marker`: the one layer of every test image, and what `docker import` takes.
+pub fn busybox_rootfs(marker: &str) -> Vec<u8> {
+    let busybox = std::fs::read(BUSYBOX).unwrap_or_else(|err| {
+        panic!("reading {BUSYBOX} ({err}): install busybox-static (tools/check installs it)")
+    });
+    let mut tar = TarWriter::default();
+    tar.directory("bin/");
+    tar.file("bin/busybox", 0o755, &busybox);
+    tar.directory("etc/");
+    tar.file("etc/bulwark-test", 0o644, format!("{marker}\n").as_bytes());
+    tar.finish()
 }
 
 fn to_json(value: &Value) -> Vec<u8> {

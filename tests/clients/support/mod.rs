@@ -1,7 +1,7 @@
 //! What every black-box test stands on: the real `bulwark` binary as a guard (`server`), the
 //! real client programs in an environment isolated from the host's configuration (`clients`),
-//! HTTPS requests that trust only the server's CA (`http`), and OCI image layouts written
-//! byte for byte (`layout`).
+//! a Docker engine of the test's own that verifies TLS (`docker`), HTTPS requests that trust
+//! only the server's CA (`http`), and OCI image layouts written byte for byte (`layout`).
 //!
 //! Invariants:
 //! - Nothing here mocks the registry or a client: every byte crosses a real TLS socket.
@@ -9,11 +9,23 @@
 //!   parallel without seeing each other's state.
 
 pub mod clients;
+pub mod docker;
 pub mod http;
 pub mod layout;
 pub mod server;
 
+use std::io::Read;
+
 use sha2::Digest as _;
+
+/// `len` bytes from `/dev/urandom`.
+pub fn random_bytes(len: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; len];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .expect("reading /dev/urandom");
+    bytes
+}
 
 /// The OCI digest (`sha256:<hex>`) of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {

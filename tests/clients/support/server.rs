@@ -10,6 +10,9 @@
 //!   server never blocks on a full pipe.
 //! - Dropping the guard kills the process; a failing test prints the server's log.
 //! - The data directory outlives restarts of the process, and is removed with the guard.
+//! - Every server has the admin account `ADMIN_USER` with password `ADMIN_PASSWORD`, created
+//!   on first start from `BULWARK_ADMIN_PASSWORD`; no other `BULWARK_*` variable of the
+//!   developer's environment reaches it.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -21,6 +24,21 @@ use tempfile::TempDir;
 
 /// How long a server may take from spawn to `listening on`.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The admin account every server under test creates on first start.
+pub const ADMIN_USER: &str = "admin";
+/// Its password (the server wants at least 12 characters).
+pub const ADMIN_PASSWORD: &str = "blackbox-admin-pw";
+
+/// `USER:PASSWORD`, as the containers tools' `--creds` and curl's `-u` take credentials.
+pub fn creds(user: &str, password: &str) -> String {
+    format!("{user}:{password}")
+}
+
+/// The admin's `--creds`.
+pub fn admin_creds() -> String {
+    creds(ADMIN_USER, ADMIN_PASSWORD)
+}
 
 /// The path of the binary under test.
 pub fn binary() -> PathBuf {
@@ -88,6 +106,7 @@ impl Server {
                 command.env_remove(key);
             }
         }
+        command.env("BULWARK_ADMIN_PASSWORD", ADMIN_PASSWORD);
         let mut child = command
             .spawn()
             .unwrap_or_else(|err| panic!("starting {}: {err}", binary().display()));

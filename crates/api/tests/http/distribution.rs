@@ -3,10 +3,12 @@
 //! the limits and failure paths a registry must get right (ranges, sizes, names, errors, upload
 //! expiry).
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{
+    call, descriptor, digest, image_config, oci_image, test_limits, Manifest, TestRegistry,
+    MAX_MANIFEST_BYTES,
+};
 use futures_util::StreamExt as _;
 use oci::media_type::{
     DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST_V1_SIGNED, OCI_EMPTY, OCI_INDEX,
@@ -14,10 +16,6 @@ use oci::media_type::{
 };
 use registry::Limits;
 use serde_json::{json, Value};
-use support::{
-    call, descriptor, digest, image_config, oci_image, test_limits, Manifest, TestRegistry,
-    MAX_MANIFEST_BYTES,
-};
 
 const EMPTY_JSON: &[u8] = b"{}";
 const SBOM: &str = "application/vnd.example.sbom.v1";
@@ -52,7 +50,7 @@ fn subject(manifest: &Manifest) -> Value {
     json!({ "subject": manifest.descriptor() })
 }
 
-fn tags(reply: &support::Reply) -> Vec<String> {
+fn tags(reply: &crate::support::Reply) -> Vec<String> {
     serde_json::from_value(reply.json()["tags"].clone()).expect("a tags array")
 }
 
@@ -1561,7 +1559,7 @@ async fn the_catalog_lists_repositories_with_n_last_and_link() {
 
 // Referrers
 
-fn expect_empty_index(reply: &support::Reply) {
+fn expect_empty_index(reply: &crate::support::Reply) {
     reply.expect(200).expect_header("content-type", OCI_INDEX);
     assert_eq!(
         reply.json(),
@@ -1569,7 +1567,7 @@ fn expect_empty_index(reply: &support::Reply) {
     );
 }
 
-fn referrer_descriptors(reply: &support::Reply) -> Vec<Value> {
+fn referrer_descriptors(reply: &crate::support::Reply) -> Vec<Value> {
     reply.expect(200).expect_header("content-type", OCI_INDEX);
     let index = reply.json();
     assert_eq!(index["schemaVersion"], 2);

@@ -1,6 +1,8 @@
 //! A Bulwark assembled as `bulwark serve` assembles it (SQLite metadata, local blob storage,
-//! the real router), driven in-process with `tower::ServiceExt::oneshot`, and the helpers the
-//! distribution tests read through: `call` builds a request, `Reply::expect*` checks it.
+//! access control, the real router), driven in-process with `tower::ServiceExt::oneshot`, and
+//! the helpers the distribution tests read through: `call` builds a request, `Reply::expect*`
+//! checks it. Requests carry the admin's Basic credentials unless they set their own
+//! `Authorization` (or ask for none with `Call::anonymous`).
 //!
 //! Invariant: every reply passes through `TestRegistry::send`, which checks what must hold for
 //! all of them: an error carries the spec's envelope and never a path of the server's disk, and
@@ -12,14 +14,20 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::Router;
+use base64::Engine as _;
 use blobstore::BlobStore;
 use bytes::Bytes;
+use metadata::identity::{IdentityStore as _, UserRecord};
 use metadata_sqlite::SqliteStore;
+use registry::access::{Access, AccessSettings};
 use registry::{Limits, Registry};
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;
 use tower::ServiceExt;
+
+pub const ADMIN: &str = "admin";
+pub const ADMIN_PASSWORD: &str = "test-admin-password";
 
 /// The manifest size limit of test registries: small, so the limit is cheap to cross.
 pub const MAX_MANIFEST_BYTES: usize = 4096;
@@ -54,6 +62,8 @@ pub fn test_limits() -> Limits {
 pub struct TestRegistry {
     /// The registry behind the router, for use cases HTTP does not reach (upload expiry).
     pub registry: Arc<Registry>,
+    /// The metadata store, for arranging users, projects and robots directly.
+    pub store: Arc<SqliteStore>,
     app: Router,
     dir: TempDir,
 }
@@ -69,9 +79,26 @@ impl TestRegistry {
             .await
             .expect("open the metadata database");
         let blobs = BlobStore::local(&dir.path().join("storage")).expect("open blob storage");
-        let registry = Arc::new(Registry::new(Arc::new(store), blobs, limits));
-        let app = api::router(Arc::clone(&registry));
-        TestRegistry { registry, app, dir }
+        let store = Arc::new(store);
+        let admin = UserRecord {
+            name: ADMIN.into(),
+            password_hash: auth::password::hash(ADMIN_PASSWORD).expect("hash"),
+            admin: true,
+            disabled: false,
+            created_at: 0,
+        };
+        store.create_user(&admin).await.expect("create the admin");
+        let access = Access::open(store.clone(), AccessSettings::default())
+            .await
+            .expect("open access control");
+        let registry = Arc::new(Registry::new(store.clone(), blobs, limits));
+        let app = api::router(Arc::clone(&registry), Arc::new(access));
+        TestRegistry {
+            registry,
+            store,
+            app,
+            dir,
+        }
     }
 
     pub fn storage(&self) -> PathBuf {
@@ -112,7 +139,10 @@ impl TestRegistry {
             headers,
             body,
         };
-        reply.check_invariants(&method, self.dir.path());
+        // The token service answers in OAuth2's error shape, not the registry's envelope.
+        if uri.starts_with("/v2") {
+            reply.check_invariants(&method, self.dir.path());
+        }
         reply
     }
 
@@ -256,7 +286,26 @@ impl Call {
         self
     }
 
-    fn into_request(self) -> Request<Body> {
+    /// Sends no credentials at all.
+    pub fn anonymous(mut self) -> Call {
+        self.headers.push(("authorization".into(), String::new()));
+        self
+    }
+
+    fn into_request(mut self) -> Request<Body> {
+        let has_authorization = self
+            .headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("authorization"));
+        if !has_authorization {
+            let encoded = base64::engine::general_purpose::STANDARD
+                .encode(format!("{ADMIN}:{ADMIN_PASSWORD}"));
+            self.headers
+                .push(("authorization".into(), format!("Basic {encoded}")));
+        }
+        self.headers.retain(|(name, value)| {
+            !(name.eq_ignore_ascii_case("authorization") && value.is_empty())
+        });
         let mut builder = Request::builder()
             .method(Method::from_bytes(self.method.as_bytes()).expect("a method"))
             .uri(&self.uri);

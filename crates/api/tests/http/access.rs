@@ -1,0 +1,729 @@
+//! Access control over HTTP: the Bearer challenge, the token service (GET with Basic, the
+//! OAuth2 POST form, refresh tokens, scopes), tokens on `/v2` (missing scope, tampering),
+//! the RBAC matrix for members, strangers and anonymous callers, upload sessions bound to
+//! their principal, catalog filtering, mounts, throttling and the audit trail.
+
+use crate::support::{call, digest, TestRegistry, ADMIN, ADMIN_PASSWORD};
+use auth::secret;
+use base64::Engine as _;
+use metadata::identity::{
+    AuditFilter, IdentityStore as _, ProjectRecord, RobotRecord, UserRecord, UserUpdate,
+};
+use serde_json::Value;
+
+const PASSWORD: &str = "a long enough password";
+
+fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// A registry with project `team` (private), project `open` (public), and users with roles.
+async fn team_registry() -> TestRegistry {
+    let registry = TestRegistry::start().await;
+    let hash = auth::password::hash(PASSWORD).expect("hash");
+    for name in ["olive", "mia", "dev", "rita", "eve"] {
+        registry
+            .store
+            .create_user(&UserRecord {
+                name: name.into(),
+                password_hash: hash.clone(),
+                admin: false,
+                disabled: false,
+                created_at: 0,
+            })
+            .await
+            .expect("create user");
+    }
+    for (name, public) in [("team", false), ("open", true)] {
+        registry
+            .store
+            .create_project(&ProjectRecord {
+                name: name.into(),
+                public,
+                created_at: 0,
+            })
+            .await
+            .expect("create project");
+    }
+    for (user, role) in [
+        ("olive", "owner"),
+        ("mia", "maintainer"),
+        ("dev", "developer"),
+        ("rita", "reader"),
+    ] {
+        registry
+            .store
+            .set_member("team", user, role)
+            .await
+            .expect("member");
+        registry
+            .store
+            .set_member("open", user, role)
+            .await
+            .expect("member");
+    }
+    registry
+}
+
+async fn token(registry: &TestRegistry, credentials: Option<(&str, &str)>, query: &str) -> Value {
+    let mut request = call("GET", format!("/auth/token?{query}"));
+    request = match credentials {
+        Some((user, password)) => request.header("authorization", basic(user, password)),
+        None => request.anonymous(),
+    };
+    let reply = registry.send(request).await;
+    reply.expect(200);
+    reply.json()
+}
+
+fn bearer(token: &Value) -> String {
+    format!("Bearer {}", token["token"].as_str().expect("a token"))
+}
+
+#[tokio::test]
+async fn anonymous_requests_are_challenged_towards_the_token_service() {
+    let registry = TestRegistry::start().await;
+    let cases = [
+        ("GET", "/v2/", "Bearer realm=\"https://registry.test:5000/auth/token\",service=\"bulwark\""),
+        (
+            "GET",
+            "/v2/team/app/manifests/latest",
+            "Bearer realm=\"https://registry.test:5000/auth/token\",service=\"bulwark\",scope=\"repository:team/app:pull\"",
+        ),
+        (
+            "POST",
+            "/v2/team/app/blobs/uploads/",
+            "Bearer realm=\"https://registry.test:5000/auth/token\",service=\"bulwark\",scope=\"repository:team/app:pull,push\"",
+        ),
+        (
+            "DELETE",
+            "/v2/team/app/manifests/latest",
+            "Bearer realm=\"https://registry.test:5000/auth/token\",service=\"bulwark\",scope=\"repository:team/app:delete\"",
+        ),
+        (
+            "GET",
+            "/v2/_catalog",
+            "Bearer realm=\"https://registry.test:5000/auth/token\",service=\"bulwark\",scope=\"registry:catalog:*\"",
+        ),
+    ];
+    for (method, path, challenge) in cases {
+        registry
+            .send(
+                call(method, path)
+                    .anonymous()
+                    .header("host", "registry.test:5000"),
+            )
+            .await
+            .expect_error(401, "UNAUTHORIZED")
+            .expect_header("www-authenticate", challenge);
+    }
+}
+
+#[tokio::test]
+async fn the_token_service_grants_what_is_asked_and_allowed() {
+    let registry = team_registry().await;
+    let granted = |token: &Value| -> Vec<(String, Vec<String>)> {
+        let payload = token["token"]
+            .as_str()
+            .expect("token")
+            .split('.')
+            .nth(1)
+            .expect("payload")
+            .to_owned();
+        let claims: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .expect("base64"),
+        )
+        .expect("json");
+        claims["access"]
+            .as_array()
+            .expect("access")
+            .iter()
+            .map(|entry| {
+                let actions = entry["actions"]
+                    .as_array()
+                    .expect("actions")
+                    .iter()
+                    .map(|a| a.as_str().expect("action").to_owned())
+                    .collect();
+                (entry["name"].as_str().expect("name").to_owned(), actions)
+            })
+            .collect()
+    };
+    type Credentials<'a> = Option<(&'a str, &'a str)>;
+    type Granted<'a> = Vec<(&'a str, Vec<&'a str>)>;
+    let cases: Vec<(Credentials, &str, Granted)> = vec![
+        (Some(("dev", PASSWORD)), "scope=repository:team/app:pull,push", vec![("team/app", vec!["pull", "push"])]),
+        (Some(("dev", PASSWORD)), "scope=repository:team/app:pull,push,delete", vec![("team/app", vec!["pull", "push"])]),
+        (Some(("rita", PASSWORD)), "scope=repository:team/app:pull,push", vec![("team/app", vec!["pull"])]),
+        (Some(("eve", PASSWORD)), "scope=repository:team/app:pull", vec![("team/app", vec![])]),
+        (Some(("eve", PASSWORD)), "scope=repository:open/app:pull,push", vec![("open/app", vec!["pull"])]),
+        (None, "scope=repository:open/app:pull,push", vec![("open/app", vec!["pull"])]),
+        (None, "scope=repository:team/app:pull", vec![("team/app", vec![])]),
+        (
+            Some(("mia", PASSWORD)),
+            "service=bulwark&scope=repository:team/a:pull&scope=repository:team/b:delete%20repository:team/a:push",
+            vec![("team/a", vec!["pull", "push"]), ("team/b", vec!["delete"])],
+        ),
+        (Some(("dev", PASSWORD)), "scope=repository:team/app:pull,fly", vec![("team/app", vec!["pull"])]),
+        (Some((ADMIN, ADMIN_PASSWORD)), "scope=repository:nowhere/app:*", vec![("nowhere/app", vec!["pull", "push", "delete"])]),
+    ];
+    for (credentials, query, expected) in cases {
+        let token = token(&registry, credentials, query).await;
+        assert!(token["expires_in"].as_i64().is_some_and(|s| s > 0));
+        assert!(token["issued_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')));
+        assert_eq!(token["access_token"], token["token"]);
+        let expected: Vec<(String, Vec<String>)> = expected
+            .into_iter()
+            .map(|(n, a)| (n.to_owned(), a.into_iter().map(str::to_owned).collect()))
+            .collect();
+        assert_eq!(granted(&token), expected, "{credentials:?} {query}");
+    }
+}
+
+#[tokio::test]
+async fn the_token_service_refuses_bad_requests() {
+    let registry = team_registry().await;
+    let cases = [
+        (
+            Some(("dev", "wrong password")),
+            "scope=repository:team/app:pull",
+            401,
+            "invalid_grant",
+        ),
+        (
+            Some(("nobody", PASSWORD)),
+            "scope=repository:team/app:pull",
+            401,
+            "invalid_grant",
+        ),
+        (
+            Some(("dev", PASSWORD)),
+            "service=elsewhere&scope=repository:team/app:pull",
+            400,
+            "invalid_request",
+        ),
+        (
+            Some(("dev", PASSWORD)),
+            "scope=repository:Team/App:pull",
+            400,
+            "invalid_scope",
+        ),
+        (
+            Some(("dev", PASSWORD)),
+            "scope=image:team/app:pull",
+            400,
+            "invalid_scope",
+        ),
+    ];
+    for (credentials, query, status, error) in cases {
+        let mut request = call("GET", format!("/auth/token?{query}"));
+        if let Some((user, password)) = credentials {
+            request = request.header("authorization", basic(user, password));
+        }
+        let reply = registry.send(request).await;
+        reply.expect(status);
+        assert_eq!(reply.json()["error"], error, "{credentials:?} {query}");
+    }
+    registry
+        .store
+        .update_user(
+            "dev",
+            &UserUpdate {
+                disabled: Some(true),
+                ..UserUpdate::default()
+            },
+        )
+        .await
+        .expect("disable");
+    registry
+        .send(
+            call("GET", "/auth/token?scope=repository:team/app:pull")
+                .header("authorization", basic("dev", PASSWORD)),
+        )
+        .await
+        .expect(401);
+    registry
+        .send(call("GET", "/v2/team/app/tags/list").header("authorization", basic("dev", PASSWORD)))
+        .await
+        .expect_error(401, "UNAUTHORIZED");
+}
+
+#[tokio::test]
+async fn the_oauth2_form_issues_access_and_refresh_tokens() {
+    let registry = team_registry().await;
+    let form = |body: &str| {
+        call("POST", "/auth/token")
+            .anonymous()
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.as_bytes().to_vec())
+    };
+    let reply = registry
+        .send(form(&format!(
+            "grant_type=password&username=dev&password={}&service=bulwark&client_id=test&access_type=offline&scope=repository%3Ateam%2Fapp%3Apull",
+            PASSWORD.replace(' ', "+")
+        )))
+        .await;
+    reply.expect(200);
+    let first = reply.json();
+    let refresh = first["refresh_token"]
+        .as_str()
+        .expect("a refresh token")
+        .to_owned();
+    registry
+        .send(call("GET", "/v2/team/app/tags/list").header("authorization", bearer(&first)))
+        .await
+        .expect_error(404, "NAME_UNKNOWN");
+
+    let reply = registry
+        .send(form(&format!("grant_type=refresh_token&refresh_token={refresh}&service=bulwark&scope=repository%3Ateam%2Fapp%3Apush")))
+        .await;
+    reply.expect(200);
+    let second = reply.json();
+    assert!(
+        second.get("refresh_token").is_none(),
+        "no new refresh token unless asked"
+    );
+    registry
+        .send(call("POST", "/v2/team/app/blobs/uploads/").header("authorization", bearer(&second)))
+        .await
+        .expect(202);
+
+    for (body, status, error) in [
+        (
+            "grant_type=password&username=dev&password=wrong",
+            401,
+            "invalid_grant",
+        ),
+        (
+            "grant_type=refresh_token&refresh_token=garbage",
+            401,
+            "invalid_grant",
+        ),
+        (
+            &format!(
+                "grant_type=refresh_token&refresh_token={}",
+                first["token"].as_str().expect("token")
+            ),
+            401,
+            "invalid_grant",
+        ),
+        (
+            "grant_type=client_credentials",
+            400,
+            "unsupported_grant_type",
+        ),
+        ("username=dev", 400, "invalid_request"),
+    ] {
+        let reply = registry.send(form(body)).await;
+        reply.expect(status);
+        assert_eq!(reply.json()["error"], error, "{body}");
+    }
+
+    // A refresh token stops working for a disabled account.
+    registry
+        .store
+        .update_user(
+            "dev",
+            &UserUpdate {
+                disabled: Some(true),
+                ..UserUpdate::default()
+            },
+        )
+        .await
+        .expect("disable");
+    let reply = registry
+        .send(form(&format!(
+            "grant_type=refresh_token&refresh_token={refresh}&scope=repository%3Ateam%2Fapp%3Apull"
+        )))
+        .await;
+    reply.expect(401);
+    assert_eq!(reply.json()["error"], "invalid_grant");
+}
+
+#[tokio::test]
+async fn tokens_on_v2_are_checked_for_scope_signature_and_subject() {
+    let registry = team_registry().await;
+    registry.push_image("team/app", "v1", "app").await;
+    let pull_only = token(
+        &registry,
+        Some(("dev", PASSWORD)),
+        "scope=repository:team/app:pull",
+    )
+    .await;
+    registry
+        .send(call("GET", "/v2/team/app/manifests/v1").header("authorization", bearer(&pull_only)))
+        .await
+        .expect(200);
+    // dev may push, so a token without push is sent back for a wider one.
+    registry
+        .send(call("POST", "/v2/team/app/blobs/uploads/").header("authorization", bearer(&pull_only)))
+        .await
+        .expect_error(401, "UNAUTHORIZED")
+        .expect_header(
+            "www-authenticate",
+            "Bearer realm=\"https://localhost/auth/token\",service=\"bulwark\",scope=\"repository:team/app:pull,push\",error=\"insufficient_scope\"",
+        );
+    // dev may never delete: a clear denial naming the rule.
+    let reply = registry
+        .send(
+            call("DELETE", "/v2/team/app/manifests/v1").header("authorization", bearer(&pull_only)),
+        )
+        .await;
+    reply.expect_error(403, "DENIED");
+    assert_eq!(
+        reply.json()["errors"][0]["message"],
+        "role developer in project team does not allow delete"
+    );
+
+    let tampered = {
+        let text = pull_only["token"].as_str().expect("token");
+        let mut parts: Vec<&str> = text.split('.').collect();
+        let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+            br#"{"iss":"bulwark","sub":"user:admin","aud":"bulwark","exp":99999999999,"nbf":0,"iat":0,"jti":"x","access":[{"type":"repository","name":"team/app","actions":["delete"]}]}"#,
+        );
+        parts[1] = &forged;
+        format!("Bearer {}", parts.join("."))
+    };
+    registry
+        .send(call("DELETE", "/v2/team/app/manifests/v1").header("authorization", tampered))
+        .await
+        .expect_error(401, "UNAUTHORIZED");
+    registry
+        .send(
+            call("GET", "/v2/team/app/manifests/v1").header("authorization", "Bearer not-a-token"),
+        )
+        .await
+        .expect_error(401, "UNAUTHORIZED");
+    let other = TestRegistry::start().await;
+    let foreign = token(
+        &other,
+        Some((ADMIN, ADMIN_PASSWORD)),
+        "scope=repository:team/app:pull",
+    )
+    .await;
+    registry
+        .send(call("GET", "/v2/team/app/manifests/v1").header("authorization", bearer(&foreign)))
+        .await
+        .expect_error(401, "UNAUTHORIZED");
+    registry
+        .send(call("GET", "/v2/team/app/manifests/v1").header("authorization", "Digest abc"))
+        .await
+        .expect_error(401, "UNAUTHORIZED");
+}
+
+#[tokio::test]
+async fn the_role_matrix_over_http() {
+    let registry = team_registry().await;
+    registry.push_image("team/app", "v1", "team").await;
+    registry.push_image("open/app", "v1", "open").await;
+    // (user, project, [pull, push, delete])
+    let matrix: &[(&str, [u16; 3], [u16; 3])] = &[
+        ("olive", [200, 202, 202], [200, 202, 202]),
+        ("mia", [200, 202, 202], [200, 202, 202]),
+        ("dev", [200, 202, 403], [200, 202, 403]),
+        ("rita", [200, 403, 403], [200, 403, 403]),
+        ("eve", [403, 403, 403], [200, 403, 403]),
+        ("anonymous", [401, 401, 401], [200, 401, 401]),
+    ];
+    for (user, team, open) in matrix {
+        for (project, expected) in [("team", team), ("open", open)] {
+            let with = |request: crate::support::Call| {
+                if *user == "anonymous" {
+                    request.anonymous()
+                } else {
+                    request.header("authorization", basic(user, PASSWORD))
+                }
+            };
+            let pull = registry
+                .send(with(call("GET", format!("/v2/{project}/app/manifests/v1"))))
+                .await
+                .status
+                .as_u16();
+            let push = registry
+                .send(with(call(
+                    "POST",
+                    format!("/v2/{project}/app/blobs/uploads/"),
+                )))
+                .await
+                .status
+                .as_u16();
+            let delete = registry
+                .send(with(call(
+                    "DELETE",
+                    format!("/v2/{project}/app/blobs/{}", digest(b"layer of nothing")),
+                )))
+                .await
+                .status
+                .as_u16();
+            // A permitted delete of a blob the repository does not hold is a 404, not a 202.
+            let delete = if delete == 404 { 202 } else { delete };
+            assert_eq!([pull, push, delete], *expected, "{user} on {project}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn robots_follow_grants_expiry_and_revocation() {
+    let registry = team_registry().await;
+    registry.push_image("team/app-web", "v1", "web").await;
+    let robot_secret = secret::random();
+    let robot = RobotRecord {
+        name: "robot$team+ci".into(),
+        project: Some("team".into()),
+        description: None,
+        grants: r#"[{"pattern":"team/app-*","actions":["pull"]}]"#.into(),
+        expires_at: i64::MAX,
+        revoked: false,
+        created_at: 0,
+        last_used_at: None,
+    };
+    registry
+        .store
+        .create_robot(&robot, &robot_secret.hash)
+        .await
+        .expect("robot");
+    let as_robot = |request: crate::support::Call| {
+        request.header(
+            "authorization",
+            basic("robot$team+ci", &robot_secret.plaintext),
+        )
+    };
+    registry
+        .send(as_robot(call("GET", "/v2/team/app-web/manifests/v1")))
+        .await
+        .expect(200);
+    let reply = registry
+        .send(as_robot(call("POST", "/v2/team/app-web/blobs/uploads/")))
+        .await;
+    reply.expect_error(403, "DENIED");
+    assert_eq!(
+        reply.json()["errors"][0]["message"],
+        "no grant of robot robot$team+ci allows push here"
+    );
+    registry
+        .send(as_robot(call("GET", "/v2/team/db/tags/list")))
+        .await
+        .expect_error(403, "DENIED");
+    // The secret only works with the robot's own name.
+    registry
+        .send(
+            call("GET", "/v2/team/app-web/manifests/v1")
+                .header("authorization", basic("dev", &robot_secret.plaintext)),
+        )
+        .await
+        .expect_error(401, "UNAUTHORIZED");
+    let granted = token(
+        &registry,
+        Some(("robot$team+ci", &robot_secret.plaintext)),
+        "scope=repository:team/app-web:pull,push",
+    )
+    .await;
+    registry
+        .send(
+            call("GET", "/v2/team/app-web/manifests/v1").header("authorization", bearer(&granted)),
+        )
+        .await
+        .expect(200);
+
+    registry
+        .store
+        .revoke_robot("robot$team+ci")
+        .await
+        .expect("revoke");
+    registry
+        .send(as_robot(call("GET", "/v2/team/app-web/manifests/v1")))
+        .await
+        .expect_error(401, "UNAUTHORIZED");
+    registry
+        .send(
+            call("GET", "/auth/token?scope=repository:team/app-web:pull").header(
+                "authorization",
+                basic("robot$team+ci", &robot_secret.plaintext),
+            ),
+        )
+        .await
+        .expect(401);
+}
+
+#[tokio::test]
+async fn upload_sessions_belong_to_whoever_started_them() {
+    let registry = team_registry().await;
+    let location = {
+        let reply = registry
+            .send(
+                call("POST", "/v2/team/app/blobs/uploads/")
+                    .header("authorization", basic("dev", PASSWORD)),
+            )
+            .await;
+        reply.expect(202);
+        reply.header("location").to_owned()
+    };
+    registry
+        .send(
+            call("PATCH", &location)
+                .header("authorization", basic("mia", PASSWORD))
+                .octets(b"intruder"),
+        )
+        .await
+        .expect_error(404, "BLOB_UPLOAD_UNKNOWN");
+    registry
+        .send(
+            call("PATCH", &location)
+                .header("authorization", basic("dev", PASSWORD))
+                .octets(b"mine"),
+        )
+        .await
+        .expect(202);
+    registry
+        .send(
+            call("PUT", format!("{location}?digest={}", digest(b"mine")))
+                .header("authorization", basic("dev", PASSWORD)),
+        )
+        .await
+        .expect(201);
+}
+
+#[tokio::test]
+async fn the_catalog_and_mounts_reveal_only_what_the_caller_may_pull() {
+    let registry = team_registry().await;
+    registry.push_image("team/app", "v1", "team").await;
+    registry.push_image("open/app", "v1", "open").await;
+    registry.push_image("secret/app", "v1", "secret").await;
+    for (user, visible) in [
+        ("eve", serde_json::json!(["open/app"])),
+        ("dev", serde_json::json!(["open/app", "team/app"])),
+    ] {
+        let reply = registry
+            .send(call("GET", "/v2/_catalog").header("authorization", basic(user, PASSWORD)))
+            .await;
+        assert_eq!(reply.json()["repositories"], visible, "{user}");
+    }
+    let all = registry.send(call("GET", "/v2/_catalog")).await.json();
+    assert_eq!(
+        all["repositories"],
+        serde_json::json!(["open/app", "secret/app", "team/app"])
+    );
+
+    let layer = digest(b"layer of secret");
+    registry
+        .send(
+            call(
+                "POST",
+                format!("/v2/team/copy/blobs/uploads/?mount={layer}&from=secret/app"),
+            )
+            .header("authorization", basic("dev", PASSWORD)),
+        )
+        .await
+        .expect(202);
+    let open_layer = digest(b"layer of open");
+    registry
+        .send(
+            call(
+                "POST",
+                format!("/v2/team/copy/blobs/uploads/?mount={open_layer}&from=open/app"),
+            )
+            .header("authorization", basic("dev", PASSWORD)),
+        )
+        .await
+        .expect(201);
+}
+
+#[tokio::test]
+async fn failed_logins_are_throttled_and_audited() {
+    let registry = team_registry().await;
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        let reply = registry
+            .send(call("GET", "/v2/").header("authorization", basic("rita", "not her password")))
+            .await;
+        statuses.push(reply.status.as_u16());
+    }
+    // Five failures are free; the sixth locks the account (and the client) for a while.
+    assert_eq!(statuses, vec![401, 401, 401, 401, 401, 401, 429]);
+    let reply = registry
+        .send(call("GET", "/v2/").header("authorization", basic("rita", PASSWORD)))
+        .await;
+    reply.expect_error(429, "TOOMANYREQUESTS");
+    assert!(reply
+        .header("retry-after")
+        .parse::<u64>()
+        .is_ok_and(|s| s >= 1));
+
+    let failures = registry
+        .store
+        .audit(&AuditFilter {
+            action: Some("login".into()),
+            result: Some("failed".into()),
+            limit: 100,
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("audit");
+    assert_eq!(failures.len(), 6);
+    assert_eq!(failures[0].event.principal, "user:rita");
+}
+
+#[tokio::test]
+async fn pushes_deletes_and_denials_are_audited() {
+    let registry = team_registry().await;
+    let manifest = registry.push_image("team/app", "v1", "audited").await;
+    registry
+        .delete(format!("/v2/team/app/manifests/{}", manifest.digest))
+        .await
+        .expect(202);
+    registry
+        .send(
+            call("DELETE", "/v2/team/app/manifests/v1")
+                .header("authorization", basic("dev", PASSWORD)),
+        )
+        .await
+        .expect_error(403, "DENIED");
+    let events = registry
+        .store
+        .audit(&AuditFilter {
+            limit: 100,
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("audit");
+    let summary: Vec<(String, String, String, String)> = events
+        .iter()
+        .rev()
+        .map(|r| {
+            (
+                r.event.principal.clone(),
+                r.event.action.clone(),
+                r.event.target.clone(),
+                r.event.result.clone(),
+            )
+        })
+        .collect();
+    let expected = vec![
+        (
+            "user:admin".to_owned(),
+            "push".to_owned(),
+            "team/app:v1".to_owned(),
+            "allowed".to_owned(),
+        ),
+        (
+            "user:admin".to_owned(),
+            "delete".to_owned(),
+            format!("team/app:{}", manifest.digest),
+            "allowed".to_owned(),
+        ),
+        (
+            "user:dev".to_owned(),
+            "delete".to_owned(),
+            "team/app".to_owned(),
+            "denied".to_owned(),
+        ),
+    ];
+    assert_eq!(summary, expected);
+}
