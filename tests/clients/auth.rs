@@ -1,7 +1,7 @@
 //! Authentication and authorization as clients meet them: the Bearer challenge of `/v2/`, the
 //! Docker token service (GET with Basic credentials, POST with the OAuth2 form), `login` of
-//! skopeo, podman and docker (docker over TLS it really verifies), robot accounts of the admin
-//! API within their grants until revoked, and an upload that outlives its token for the
+//! skopeo, podman and docker (docker over TLS it really verifies) as the admin, as a user who is
+//! no admin and as robots, robot accounts of the admin API within their grants until revoked, and an upload that outlives its token for the
 //! principal that started it and for no one else.
 
 use std::path::Path;
@@ -411,6 +411,142 @@ fn skopeo_and_podman_log_in_and_then_push_and_pull_without_credentials() {
     assert_eq!(served.header("docker-content-digest"), pushed.trim());
     podman(&["logout", &host]);
     assert!(stored_hosts().is_empty(), "podman logout left credentials");
+
+    // A user who is no admin (a developer of project `dev`) and a push robot of that project
+    // log in the same way; what they push and pull goes through the stored login alone.
+    const DEVELOPER: &str = "dana";
+    const DEVELOPER_PASSWORD: &str = "dana-password-long";
+    admin_api(
+        &server,
+        Method::POST,
+        "/api/v1/projects",
+        Some(&json!({ "name": "dev", "public": false })),
+        201,
+    );
+    admin_api(
+        &server,
+        Method::POST,
+        "/api/v1/users",
+        Some(&json!({ "name": DEVELOPER, "password": DEVELOPER_PASSWORD, "admin": false })),
+        201,
+    );
+    admin_api(
+        &server,
+        Method::PUT,
+        &format!("/api/v1/projects/dev/members/{DEVELOPER}"),
+        Some(&json!({ "role": "developer" })),
+        200,
+    );
+    let (robot, robot_secret) = create_robot(&server, "dev", "pusher", &["pull", "push"]);
+    let pulled_layout = clients.scratch("pulled");
+    for (who, user, password) in [
+        ("developer", DEVELOPER, DEVELOPER_PASSWORD),
+        ("robot", robot.as_str(), robot_secret.as_str()),
+    ] {
+        let login = clients.skopeo([
+            "login",
+            "--cert-dir",
+            certs,
+            "-u",
+            user,
+            "-p",
+            password,
+            &host,
+        ]);
+        assert!(
+            stdout_text(&login).contains("Login Succeeded"),
+            "skopeo login as the {who} {user}\n{}",
+            printed(&login)
+        );
+        assert_eq!(stored_hosts(), vec![host.clone()]);
+        let tag = format!("skopeo-{who}");
+        let remote = format!("docker://{host}/dev/app:{tag}");
+        clients.skopeo([
+            "copy",
+            "--dest-cert-dir",
+            certs,
+            &layout.reference("v1"),
+            &remote,
+        ]);
+        let served = http.manifest("dev/app", &tag);
+        assert_eq!(served.status, 200, "{}", served.text());
+        assert_eq!(
+            served.header("docker-content-digest"),
+            image.descriptor.digest
+        );
+        clients.skopeo([
+            "copy",
+            "--src-cert-dir",
+            certs,
+            &remote,
+            &format!("oci:{}:{tag}", pulled_layout.display()),
+        ]);
+        let (descriptor, _) = layout::read_tagged(&pulled_layout, &tag);
+        assert_eq!(descriptor.digest, image.descriptor.digest);
+        // The stored login is this principal's and not the admin's: outside `dev` it is
+        // refused as a known principal (403; skopeo's HEAD of a blob there has no body to
+        // say `denied`), not asked to log in (401).
+        let denied = clients.skopeo_failing([
+            "copy",
+            "--dest-cert-dir",
+            certs,
+            &layout.reference("v1"),
+            &format!("docker://{host}/team/login:{tag}"),
+        ]);
+        let stderr = String::from_utf8_lossy(&denied.stderr).to_lowercase();
+        assert!(
+            ["denied", "forbidden", "403"]
+                .iter()
+                .any(|phrase| stderr.contains(phrase)),
+            "a push of the {who} {user} outside project dev should be denied:\n{}",
+            printed(&denied)
+        );
+        assert_eq!(
+            http.manifest("team/login", &tag).status,
+            404,
+            "nothing was pushed"
+        );
+        clients.skopeo(["logout", &host]);
+        assert!(stored_hosts().is_empty(), "skopeo logout left credentials");
+
+        let login = podman(&[
+            "login",
+            "--cert-dir",
+            certs,
+            "-u",
+            user,
+            "-p",
+            password,
+            &host,
+        ]);
+        assert!(
+            stdout_text(&login).contains("Login Succeeded"),
+            "podman login as the {who} {user}\n{}",
+            printed(&login)
+        );
+        assert_eq!(stored_hosts(), vec![host.clone()]);
+        let tag = format!("podman-{who}");
+        let pushed_name = format!("{host}/dev/app:{tag}");
+        let digest_file = clients.scratch("digests").join(&tag);
+        podman(&[
+            "push",
+            "--cert-dir",
+            certs,
+            "--digestfile",
+            path_str(&digest_file),
+            &image_name,
+            &format!("docker://{pushed_name}"),
+        ]);
+        let pushed = std::fs::read_to_string(&digest_file).expect("podman's digest file");
+        let served = http.manifest("dev/app", &tag);
+        assert_eq!(served.status, 200, "{}", served.text());
+        assert_eq!(served.header("docker-content-digest"), pushed.trim());
+        podman(&["pull", "--cert-dir", certs, &pushed_name]);
+        let pulled = podman(&["image", "inspect", "--format", "{{.Digest}}", &pushed_name]);
+        assert_eq!(stdout_text(&pulled), pushed.trim());
+        podman(&["logout", &host]);
+        assert!(stored_hosts().is_empty(), "podman logout left credentials");
+    }
 }
 
 /// The digest after `marker` (`digest: ` of `docker push`, `Digest: ` of `docker pull`).
@@ -533,7 +669,57 @@ fn docker_logs_in_pushes_and_pulls_over_tls_it_verifies() {
         None,
     );
     assert_eq!(stdout_text(&ran), "team-docker");
-    docker.docker(&["logout", &registry], None);
+    docker.logout(&registry);
+
+    // A robot with pull and push on project `ci` logs in the same way, and pushes and pulls
+    // there.
+    admin_api(
+        &server,
+        Method::POST,
+        "/api/v1/projects",
+        Some(&json!({ "name": "ci", "public": false })),
+        201,
+    );
+    let (pusher, pusher_secret) = create_robot(&server, "ci", "docker-pusher", &["pull", "push"]);
+    let (reader, reader_secret) = create_robot(&server, "ci", "docker-reader", &["pull"]);
+    docker.login(&registry, &pusher, &pusher_secret);
+    let robot_image = format!("{registry}/ci/app:v1");
+    docker.docker(&["tag", &image, &robot_image], None);
+    let push = docker.docker(&["push", &robot_image], None);
+    let robot_pushed = digest_after(&stdout_text(&push), "digest: ")
+        .unwrap_or_else(|| panic!("no digest in docker push's output\n{}", printed(&push)));
+    let served = http.manifest("ci/app", "v1");
+    assert_eq!(served.status, 200, "{}", served.text());
+    assert_eq!(served.header("docker-content-digest"), robot_pushed);
+    docker.docker(&["rmi", &robot_image], None);
+    let pull = docker.docker(&["pull", &robot_image], None);
+    assert_eq!(
+        digest_after(&stdout_text(&pull), "Digest: ").as_deref(),
+        Some(robot_pushed.as_str()),
+        "docker pull as {pusher} reports the pushed digest\n{}",
+        printed(&pull)
+    );
+    docker.logout(&registry);
+
+    // A pull-only robot logs in and pulls, but its push is denied.
+    docker.login(&registry, &reader, &reader_secret);
+    docker.docker(&["rmi", &robot_image], None);
+    docker.docker(&["pull", &robot_image], None);
+    let rootfs = docker.scratch_file("reader-rootfs.tar", &layout::busybox_rootfs("ci-reader"));
+    let refused_image = format!("{registry}/ci/app:reader");
+    docker.docker(&["import", path_str(&rootfs), &refused_image], None);
+    let refused = docker.docker_failing(&["push", &refused_image], None);
+    assert!(
+        printed(&refused).contains("denied"),
+        "docker push as the pull-only robot {reader} should be denied:\n{}",
+        printed(&refused)
+    );
+    assert_eq!(
+        http.manifest("ci/app", "reader").status,
+        404,
+        "nothing was pushed"
+    );
+    docker.logout(&registry);
     assert!(
         proxy.requested().iter().all(|target| *target == registry),
         "dockerd asked the proxy for other destinations: {:?}",

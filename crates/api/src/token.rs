@@ -110,7 +110,7 @@ async fn grant(
 }
 
 fn token_response(grant: &TokenGrant) -> Response {
-    let issued_at = httpdate_rfc3339(grant.access.issued_at);
+    let issued_at = auth::token::rfc3339(grant.access.issued_at);
     let mut body = json!({
         "token": grant.access.token,
         "access_token": grant.access.token,
@@ -125,28 +125,6 @@ fn token_response(grant: &TokenGrant) -> Response {
         response.headers_mut().insert("cache-control", value);
     }
     response
-}
-
-/// RFC 3339 in UTC, from Unix seconds (the token spec's `issued_at`).
-fn httpdate_rfc3339(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm), valid for the proleptic Gregorian calendar.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
 }
 
 /// `GET /auth/token?service=…&scope=…[&offline_token=true]`
@@ -255,16 +233,4 @@ pub async fn post_token(State(state): State<AppState>, request: Request) -> Resp
 /// `GET /auth/jwks`: the public keys that verify registry tokens.
 pub async fn jwks(State(state): State<AppState>) -> Response {
     Json(state.access.jwks()).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn issued_at_is_rfc3339_utc() {
-        assert_eq!(httpdate_rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(httpdate_rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(httpdate_rfc3339(1_795_870_245), "2026-11-28T12:50:45Z");
-    }
 }

@@ -38,6 +38,10 @@ pub struct Claims {
     pub jti: String,
     #[serde(default)]
     pub access: Vec<AccessEntry>,
+    /// On refresh tokens: a fingerprint of the credential they came from (a user's password
+    /// hash), so changing the password ends them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<String>,
     /// Set on refresh tokens, which grant nothing by themselves.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub refresh: bool,
@@ -189,7 +193,41 @@ impl KeySet {
             iat: now,
             jti,
             access,
+            binding: None,
             refresh,
+        };
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(signer.kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &signer.encoding)
+            .map_err(|err| TokenError::Key(err.to_string()))?;
+        Ok(IssuedToken {
+            token,
+            issued_at: now,
+            expires_in: lifetime_secs,
+        })
+    }
+
+    /// Signs a refresh token for `subject`, bound to `binding` (see `Claims::binding`).
+    pub fn issue_refresh(
+        &self,
+        subject: &str,
+        binding: Option<String>,
+        lifetime_secs: i64,
+        now: i64,
+        jti: String,
+    ) -> Result<IssuedToken, TokenError> {
+        let signer = &self.keys[0];
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            sub: subject.to_owned(),
+            aud: self.audience.clone(),
+            exp: now + lifetime_secs,
+            nbf: now - LEEWAY,
+            iat: now,
+            jti,
+            access: Vec::new(),
+            binding,
+            refresh: true,
         };
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(signer.kid.clone());
@@ -263,9 +301,39 @@ impl KeySet {
     }
 }
 
+/// Unix seconds as RFC 3339 in UTC (`2026-11-28T12:50:45Z`), the token spec's `issued_at`.
+pub fn rfc3339(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm), for the proleptic Gregorian calendar.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_870_245), "2026-11-28T12:50:45Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+    }
 
     const NOW: i64 = 1_700_000_000;
 

@@ -148,7 +148,7 @@ pub struct Access {
     pub(crate) store: Arc<dyn IdentityStore>,
     keys: KeySet,
     settings: AccessSettings,
-    password_pool: Semaphore,
+    pub(crate) password_pool: Semaphore,
     verified: Mutex<HashMap<[u8; 32], i64>>,
     throttle: Mutex<Throttle>,
 }
@@ -494,12 +494,12 @@ impl Access {
         let refresh = if offline && !matches!(principal, Principal::Anonymous) {
             let lifetime =
                 i64::try_from(self.settings.refresh_lifetime.as_secs()).unwrap_or(86_400);
+            let binding = self.credential_binding(&subject).await?;
             Some(
                 self.keys
-                    .issue(
+                    .issue_refresh(
                         &subject,
-                        Vec::new(),
-                        true,
+                        binding,
                         lifetime,
                         time,
                         uuid::Uuid::new_v4().simple().to_string(),
@@ -516,12 +516,29 @@ impl Access {
         })
     }
 
+    /// A fingerprint of a user's current password hash (`None` for other principals).
+    async fn credential_binding(&self, subject: &str) -> Result<Option<String>, Error> {
+        let Some(name) = subject.strip_prefix("user:") else {
+            return Ok(None);
+        };
+        let Some(user) = self.store.user(name).await? else {
+            return Ok(None);
+        };
+        let digest = Sha256::digest(user.password_hash.as_bytes());
+        Ok(Some(oci::digest::to_hex(&digest[..12])))
+    }
+
     /// The principal a refresh token was issued to, re-checked as it stands now.
     pub async fn refresh(&self, token: &str) -> Result<Principal, AuthError> {
         let claims = self
             .keys
             .verify(token, true, now())
             .map_err(AuthError::BadToken)?;
+        // A refresh token dies with the password it was obtained with.
+        match self.credential_binding(&claims.sub).await {
+            Ok(binding) if binding == claims.binding => {}
+            Ok(_) | Err(_) => return Err(AuthError::BadCredentials),
+        }
         match self.principal(&claims.sub).await {
             // A refresh token dies with its account: disabled users, revoked or expired robots.
             Ok(Some(Principal::User { disabled: true, .. })) => Err(AuthError::BadCredentials),

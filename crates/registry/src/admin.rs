@@ -599,9 +599,11 @@ fn grants_json(grants: &[Grant]) -> Result<String, Error> {
     serde_json::to_string(&stored).map_err(internal)
 }
 
-async fn hash_password(password: &Secret) -> Result<String, Error> {
+/// Hashes a new password on the same bounded pool that verifies passwords.
+async fn hash_password(access: &Access, password: &Secret) -> Result<String, Error> {
     auth::password::validate(password.expose()).map_err(|err| invalid(err.to_string()))?;
     let plaintext = password.expose().to_owned();
+    let _permit = access.password_pool.acquire().await.map_err(internal)?;
     tokio::task::spawn_blocking(move || auth::password::hash(&plaintext))
         .await
         .map_err(internal)?
@@ -683,7 +685,7 @@ impl Access {
     ) -> Result<UserView, Error> {
         let acting = self.admin(actor, "user.create", &new.name, client).await?;
         check_account_name("user", &new.name)?;
-        let password_hash = hash_password(&new.password).await?;
+        let password_hash = hash_password(self, &new.password).await?;
         let record = UserRecord {
             name: new.name.clone(),
             password_hash,
@@ -767,7 +769,7 @@ impl Access {
             ));
         }
         let password_hash = match &change.password {
-            Some(password) => Some(hash_password(password).await?),
+            Some(password) => Some(hash_password(self, password).await?),
             None => None,
         };
         let update = UserUpdate {
@@ -818,7 +820,7 @@ impl Access {
                 .await);
         }
         let update = UserUpdate {
-            password_hash: Some(hash_password(new).await?),
+            password_hash: Some(hash_password(self, new).await?),
             ..UserUpdate::default()
         };
         let outcome = match self.store.update_user(name, &update).await {

@@ -49,39 +49,33 @@ fn main() -> std::process::ExitCode {
         }
     };
     serve::init_logging(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("bulwark: cannot start the async runtime: {err}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve::run(config)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!("bulwark stopped: {err:#}");
-            eprintln!("bulwark: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    block_on(
+        tokio::runtime::Builder::new_multi_thread(),
+        serve::run(config),
+    )
 }
 
 /// Runs a client command on a single-threaded runtime: it makes one request at a time.
 fn run_client(command: cli::Command) -> std::process::ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    block_on(
+        tokio::runtime::Builder::new_current_thread(),
+        cli::run(command),
+    )
+}
+
+/// Runs `work` to completion on a runtime from `builder`; its error, if any, is the exit.
+fn block_on(
+    mut builder: tokio::runtime::Builder,
+    work: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> std::process::ExitCode {
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("bulwark: cannot start the async runtime: {err}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(command)) {
+    match runtime.block_on(work) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("bulwark: {err:#}");

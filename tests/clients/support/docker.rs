@@ -391,6 +391,33 @@ impl Dockerd {
         result
     }
 
+    /// `docker login REGISTRY -u USER --password-stdin`, which must succeed and say so.
+    pub fn login(&self, registry: &str, user: &str, password: &str) -> Output {
+        let input = format!("{password}\n");
+        let login = self.docker(
+            &["login", registry, "-u", user, "--password-stdin"],
+            Some(input.as_bytes()),
+        );
+        assert!(
+            String::from_utf8_lossy(&login.stdout).contains("Login Succeeded"),
+            "docker login as {user}\n{}",
+            printed(&login)
+        );
+        login
+    }
+
+    /// `docker logout REGISTRY`, which must succeed and leave no credentials for it behind.
+    pub fn logout(&self, registry: &str) {
+        self.docker(&["logout", registry], None);
+        let config = self.dir.path().join("config/config.json");
+        let text = std::fs::read_to_string(&config).unwrap_or_default();
+        assert!(
+            !text.contains(&format!("\"{registry}\"")),
+            "docker logout left credentials for {registry} in {}:\n{text}",
+            config.display()
+        );
+    }
+
     /// Stops dockerd and everything it left behind; safe to call more than once.
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -727,3 +727,40 @@ async fn pushes_deletes_and_denials_are_audited() {
     ];
     assert_eq!(summary, expected);
 }
+
+#[tokio::test]
+async fn a_password_change_ends_refresh_tokens() {
+    let registry = team_registry().await;
+    let first = token(
+        &registry,
+        Some(("dev", PASSWORD)),
+        "offline_token=true&scope=repository:team/app:pull",
+    )
+    .await;
+    let refresh = first["refresh_token"]
+        .as_str()
+        .expect("a refresh token")
+        .to_owned();
+    let form = |refresh: &str| {
+        call("POST", "/auth/token")
+            .anonymous()
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("grant_type=refresh_token&refresh_token={refresh}&scope=repository%3Ateam%2Fapp%3Apull").into_bytes())
+    };
+    registry.send(form(&refresh)).await.expect(200);
+    let new_hash = auth::password::hash("a brand new password").expect("hash");
+    registry
+        .store
+        .update_user(
+            "dev",
+            &UserUpdate {
+                password_hash: Some(new_hash),
+                ..UserUpdate::default()
+            },
+        )
+        .await
+        .expect("change the password");
+    let reply = registry.send(form(&refresh)).await;
+    reply.expect(401);
+    assert_eq!(reply.json()["error"], "invalid_grant");
+}
