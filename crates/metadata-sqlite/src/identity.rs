@@ -475,6 +475,17 @@ impl IdentityStore for SqliteStore {
         Ok(())
     }
 
+    async fn add_signing_key(&self, key: &SigningKeyRecord) -> Result<(), Error> {
+        sqlx::query("INSERT INTO signing_keys (kid, pem, created_at) VALUES (?, ?, ?) ON CONFLICT (kid) DO NOTHING")
+            .bind(&key.kid)
+            .bind(&key.pem)
+            .bind(key.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
     async fn record_audit(&self, event: &AuditEvent) -> Result<(), Error> {
         sqlx::query("INSERT INTO audit_events (time, principal, action, target, result, reason, client) VALUES (?, ?, ?, ?, ?, ?, ?)")
             .bind(event.time)

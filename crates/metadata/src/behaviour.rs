@@ -708,7 +708,21 @@ async fn the_first_signing_key_wins(store: &dyn crate::IdentityStore) {
         .await
         .expect("add is a no-op once a key exists");
     let keys = store.signing_keys().await.expect("keys");
-    assert_eq!(keys, vec![first]);
+    assert_eq!(keys, vec![first.clone()]);
+    let configured = SigningKeyRecord {
+        kid: "k3".into(),
+        pem: "pem3".into(),
+        created_at: 3,
+    };
+    store.add_signing_key(&configured).await.expect("add");
+    store
+        .add_signing_key(&configured)
+        .await
+        .expect("adding a known kid is a no-op");
+    assert_eq!(
+        store.signing_keys().await.expect("keys"),
+        vec![first, configured]
+    );
 }
 
 async fn audit_events_filter_newest_first(store: &dyn crate::IdentityStore) {

@@ -185,6 +185,8 @@ pub trait IdentityStore: Send + Sync + 'static {
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, Error>;
     /// Stores `key` only if no key exists yet (so replicas starting together agree on one).
     async fn add_first_signing_key(&self, key: &SigningKeyRecord) -> Result<(), Error>;
+    /// Stores a configured key unless a key with its `kid` exists (rotation by configuration).
+    async fn add_signing_key(&self, key: &SigningKeyRecord) -> Result<(), Error>;
 
     async fn record_audit(&self, event: &AuditEvent) -> Result<(), Error>;
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, Error>;

@@ -34,6 +34,19 @@ pub struct AccessSettings {
     pub refresh_lifetime: Duration,
     /// Accept Basic credentials directly on `/v2`, not only at the token endpoint.
     pub basic_on_v2: bool,
+    /// A configured token-signing key (PKCS#8 PEM, P-256). It signs from now on; every key used
+    /// before stays valid for verification. Without one, a key is generated on first start.
+    pub signing_key: Option<PrivatePem>,
+}
+
+/// A private key in PEM form; its `Debug` never shows it.
+#[derive(Clone)]
+pub struct PrivatePem(pub String);
+
+impl std::fmt::Debug for PrivatePem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PrivatePem(<redacted>)")
+    }
 }
 
 impl Default for AccessSettings {
@@ -44,6 +57,7 @@ impl Default for AccessSettings {
             token_lifetime: Duration::from_secs(300),
             refresh_lifetime: Duration::from_secs(30 * 86_400),
             basic_on_v2: true,
+            signing_key: None,
         }
     }
 }
@@ -167,6 +181,21 @@ impl Access {
         store: Arc<dyn IdentityStore>,
         settings: AccessSettings,
     ) -> Result<Access, Error> {
+        let configured = match &settings.signing_key {
+            Some(pem) => {
+                let key = SigningKey::from_pem(&pem.0)
+                    .map_err(|err| Error::Invalid(format!("the configured signing key: {err}")))?;
+                store
+                    .add_signing_key(&SigningKeyRecord {
+                        kid: key.kid().to_owned(),
+                        pem: pem.0.clone(),
+                        created_at: now(),
+                    })
+                    .await?;
+                Some(key.kid().to_owned())
+            }
+            None => None,
+        };
         let mut records = store.signing_keys().await?;
         if records.is_empty() {
             let (key, pem) =
@@ -180,7 +209,13 @@ impl Access {
                 .await?;
             records = store.signing_keys().await?;
         }
-        // The newest key signs; every key verifies.
+        // The configured key, else the newest, signs; every key verifies.
+        if let Some(kid) = &configured {
+            if let Some(position) = records.iter().position(|r| &r.kid == kid) {
+                let chosen = records.remove(position);
+                records.push(chosen);
+            }
+        }
         let keys = records
             .iter()
             .rev()

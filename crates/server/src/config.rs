@@ -37,6 +37,8 @@ pub struct AuthConfig {
     pub basic_on_v2: bool,
     /// The admin account created on first start.
     pub admin_user: String,
+    /// A P-256 private key (PKCS#8 PEM) that signs tokens; without one, a key is generated.
+    pub signing_key: Option<PathBuf>,
 }
 
 impl Default for AuthConfig {
@@ -47,6 +49,7 @@ impl Default for AuthConfig {
             refresh_lifetime: HumanDuration(Duration::from_secs(30 * 86_400)),
             basic_on_v2: true,
             admin_user: "admin".into(),
+            signing_key: None,
         }
     }
 }
@@ -235,6 +238,9 @@ pub struct Overrides {
     /// BULWARK_ADMIN_PASSWORD, or is generated and written to <data_dir>/admin-password).
     #[arg(long, env = "BULWARK_ADMIN_USER")]
     pub admin_user: Option<String>,
+    /// A P-256 private key (PKCS#8 PEM) to sign tokens with; earlier keys keep verifying.
+    #[arg(long, env = "BULWARK_SIGNING_KEY")]
+    pub signing_key: Option<PathBuf>,
 }
 
 impl Config {
@@ -280,6 +286,9 @@ impl Config {
         }
         if let Some(v) = o.admin_user {
             config.auth.admin_user = v;
+        }
+        if let Some(v) = o.signing_key {
+            config.auth.signing_key = Some(v);
         }
         if let Some(v) = o.log_format {
             config.log.format = v;

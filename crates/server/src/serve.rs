@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use metadata::identity::{IdentityStore, UserRecord};
-use registry::access::{Access, AccessSettings};
+use registry::access::{Access, AccessSettings, PrivatePem};
 use registry::{Limits, Registry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -70,6 +70,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         token_lifetime: config.auth.token_lifetime.0,
         refresh_lifetime: config.auth.refresh_lifetime.0,
         basic_on_v2: config.auth.basic_on_v2,
+        signing_key: match &config.auth.signing_key {
+            Some(path) => Some(PrivatePem(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the signing key {}", path.display()))?,
+            )),
+            None => None,
+        },
     };
     let access = Arc::new(
         Access::open(metadata.clone(), settings)

@@ -764,3 +764,94 @@ async fn a_password_change_ends_refresh_tokens() {
     reply.expect(401);
     assert_eq!(reply.json()["error"], "invalid_grant");
 }
+
+#[tokio::test]
+async fn a_configured_signing_key_rotates_without_invalidating_issued_tokens() {
+    use registry::access::{Access, AccessSettings, PrivatePem};
+    let registry = TestRegistry::start().await;
+    let before = token(
+        &registry,
+        Some((ADMIN, ADMIN_PASSWORD)),
+        "scope=repository:team/app:pull",
+    )
+    .await;
+    let kid = |token: &Value| -> String {
+        let header = token["token"]
+            .as_str()
+            .expect("token")
+            .split('.')
+            .next()
+            .expect("header")
+            .to_owned();
+        let header: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(header)
+                .expect("base64"),
+        )
+        .expect("json");
+        header["kid"].as_str().expect("kid").to_owned()
+    };
+    let (configured, pem) = auth::token::SigningKey::generate().expect("key");
+    let rotated = Access::open(
+        registry.store.clone(),
+        AccessSettings {
+            signing_key: Some(PrivatePem(pem)),
+            ..AccessSettings::default()
+        },
+    )
+    .await
+    .expect("open with a configured key");
+    let admin = auth::policy::Principal::User {
+        name: ADMIN.into(),
+        admin: true,
+        disabled: false,
+    };
+    let issued = rotated.issue(&admin, &[], false).await.expect("issue");
+    let header = issued
+        .access
+        .token
+        .split('.')
+        .next()
+        .expect("header")
+        .to_owned();
+    let header: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .expect("base64"),
+    )
+    .expect("json");
+    assert_eq!(header["kid"], configured.kid(), "the configured key signs");
+    assert_ne!(kid(&before), configured.kid());
+    rotated
+        .verify(before["token"].as_str().expect("token"), false)
+        .expect("a token of the earlier key still verifies");
+    assert_eq!(rotated.jwks()["keys"].as_array().map(Vec::len), Some(2));
+
+    let broken = Access::open(
+        registry.store.clone(),
+        AccessSettings {
+            signing_key: Some(PrivatePem("not a key".into())),
+            ..AccessSettings::default()
+        },
+    )
+    .await;
+    assert!(broken.is_err(), "a broken configured key stops the start");
+}
+
+#[tokio::test]
+async fn the_public_keys_are_published_as_jwks() {
+    let registry = TestRegistry::start().await;
+    let reply = registry.send(call("GET", "/auth/jwks").anonymous()).await;
+    reply.expect(200);
+    let keys = reply.json()["keys"].clone();
+    assert_eq!(keys.as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        (
+            keys[0]["kty"].as_str(),
+            keys[0]["crv"].as_str(),
+            keys[0]["alg"].as_str()
+        ),
+        (Some("EC"), Some("P-256"), Some("ES256"))
+    );
+    assert!(keys[0].get("d").is_none(), "never the private part");
+}
