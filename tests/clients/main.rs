@@ -12,5 +12,6 @@ mod auth;
 mod buildah_podman;
 mod cli;
 mod lifecycle;
+mod postgres;
 mod skopeo;
 mod tls;

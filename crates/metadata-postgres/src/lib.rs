@@ -19,6 +19,9 @@
 //! - Names, tags and digests are `COLLATE "C"`: listings order bytewise, like SQLite.
 
 mod identity;
+/// A throwaway cluster for tests of this crate and of the binary (feature `testing`).
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -1,16 +1,14 @@
 //! The Postgres store against a real, throwaway Postgres cluster: the shared behaviour suites,
 //! plus what only a shared database has to show (replicas racing, the server going away).
 
-mod support;
-
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use metadata::identity::SigningKeyRecord;
 use metadata::{Error, IdentityStore, MetadataStore};
+use metadata_postgres::testing::Cluster;
 use metadata_postgres::{PoolSettings, PostgresStore};
 use oci::{Digest, RepositoryName};
-use support::Cluster;
 
 #[tokio::test]
 async fn passes_the_metadata_behaviour_suite() {

@@ -22,6 +22,55 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
     pub auth: AuthConfig,
+    pub metadata: MetadataConfig,
+}
+
+/// Where metadata lives: SQLite in the data directory, or a Postgres database shared by
+/// several replicas.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetadataConfig {
+    /// A `postgres://` URL; when unset, metadata is embedded SQLite in the data directory.
+    pub postgres_url: Option<SecretString>,
+    /// Connections each replica keeps to Postgres.
+    pub max_connections: u32,
+    /// How long a request waits for a connection before answering 503.
+    pub acquire_timeout: HumanDuration,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        MetadataConfig {
+            postgres_url: None,
+            max_connections: 16,
+            acquire_timeout: HumanDuration(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// A configuration value that must never be printed (it may hold a password).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretString(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for SecretString {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(SecretString(text.to_owned()))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,6 +156,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             log: LogConfig::default(),
             auth: AuthConfig::default(),
+            metadata: MetadataConfig::default(),
         }
     }
 }
@@ -241,6 +291,10 @@ pub struct Overrides {
     /// A P-256 private key (PKCS#8 PEM) to sign tokens with; earlier keys keep verifying.
     #[arg(long, env = "BULWARK_SIGNING_KEY")]
     pub signing_key: Option<PathBuf>,
+    /// Keep metadata in this Postgres database (postgres://USER:PASSWORD@HOST:PORT/DB)
+    /// instead of embedded SQLite.
+    #[arg(long, env = "BULWARK_POSTGRES_URL", hide_env_values = true)]
+    pub postgres_url: Option<SecretString>,
 }
 
 impl Config {
@@ -289,6 +343,9 @@ impl Config {
         }
         if let Some(v) = o.signing_key {
             config.auth.signing_key = Some(v);
+        }
+        if let Some(v) = o.postgres_url {
+            config.metadata.postgres_url = Some(v);
         }
         if let Some(v) = o.log_format {
             config.log.format = v;
@@ -353,6 +410,22 @@ mod tests {
         assert_eq!(config.limits.max_manifest_bytes, 200);
         assert_eq!(config.tls.sans, vec!["registry.test".to_owned()]);
         assert_eq!(config.data_dir, PathBuf::from("./bulwark-data"));
+    }
+
+    #[test]
+    fn the_postgres_url_never_prints() {
+        let config = Config {
+            metadata: MetadataConfig {
+                postgres_url: Some(
+                    "postgres://bulwark:hunter2@db/bulwark"
+                        .parse()
+                        .expect("infallible"),
+                ),
+                ..MetadataConfig::default()
+            },
+            ..Config::default()
+        };
+        assert!(!format!("{config:?}").contains("hunter2"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use metadata::identity::{IdentityStore, UserRecord};
+use metadata::MetadataStore;
 use registry::access::{Access, AccessSettings, PrivatePem};
 use registry::{Limits, Registry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -53,17 +54,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
 
-    let metadata = metadata_sqlite::SqliteStore::open(&data_dir.join("metadata.db"))
-        .await
-        .context("opening the metadata database")?;
+    let (metadata, identity) = open_stores(&config).await?;
     let blobs =
         blobstore::BlobStore::local(&data_dir.join("storage")).context("opening blob storage")?;
     let limits = Limits {
         max_manifest_bytes: config.limits.max_manifest_bytes,
         upload_expiry: config.uploads.expiry.0,
     };
-    let metadata = Arc::new(metadata);
-    bootstrap_admin(metadata.as_ref(), data_dir, &config.auth.admin_user).await?;
+    bootstrap_admin(identity.as_ref(), data_dir, &config.auth.admin_user).await?;
     let settings = AccessSettings {
         service: config.auth.service.clone(),
         issuer: config.auth.service.clone(),
@@ -79,7 +77,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
     };
     let access = Arc::new(
-        Access::open(metadata.clone(), settings)
+        Access::open(identity, settings)
             .await
             .context("loading token-signing keys")?,
     );
@@ -217,6 +215,37 @@ async fn refuse_plaintext(mut stream: TcpStream, peer: SocketAddr) -> anyhow::Re
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await?;
     Ok(())
+}
+
+/// The configured metadata store, as the two traits the registry and access control use.
+async fn open_stores(
+    config: &Config,
+) -> anyhow::Result<(Arc<dyn MetadataStore>, Arc<dyn IdentityStore>)> {
+    match &config.metadata.postgres_url {
+        Some(url) => {
+            let settings = metadata_postgres::PoolSettings {
+                max_connections: config.metadata.max_connections,
+                acquire_timeout: config.metadata.acquire_timeout.0,
+            };
+            let store = Arc::new(
+                metadata_postgres::PostgresStore::open(url.expose(), settings)
+                    .await
+                    .context("opening the Postgres metadata database")?,
+            );
+            tracing::info!("metadata in Postgres");
+            Ok((store.clone(), store))
+        }
+        None => {
+            let path = config.data_dir.join("metadata.db");
+            let store = Arc::new(
+                metadata_sqlite::SqliteStore::open(&path)
+                    .await
+                    .context("opening the metadata database")?,
+            );
+            tracing::info!(path = %path.display(), "metadata in SQLite at {}", path.display());
+            Ok((store.clone(), store))
+        }
+    }
 }
 
 /// Creates the admin account on first start. Its password is `BULWARK_ADMIN_PASSWORD`, or is

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use metadata_postgres::{PoolSettings, PostgresStore};
+use crate::{PoolSettings, PostgresStore};
 use sqlx::Connection;
 
 const SYSTEM_USER: &str = "postgres";
