@@ -284,14 +284,8 @@ async fn handle(
         Operation::Catalog { n, last } => {
             let page = registry.catalog(n, last).await?;
             // The page lists only what the caller may pull; `next` still continues the walk.
-            let mut visible = Vec::with_capacity(page.items.len());
-            for item in &page.items {
-                if let Ok(name) = item.parse::<RepositoryName>() {
-                    if caller.may_pull(&state.access, &name).await? {
-                        visible.push(item.clone());
-                    }
-                }
-            }
+            let principal = caller.principal(&state.access).await?;
+            let visible = state.access.pullable(&principal, page.items).await?;
             let mut response = json_response(&serde_json::json!({ "repositories": visible }));
             if let Some(link) = page_link("/v2/_catalog", n, page.next.as_deref()) {
                 set(&mut response, "link", link);

@@ -160,6 +160,12 @@ fn upload_record(row: &SqliteRow) -> Result<UploadRecord, Error> {
     })
 }
 
+/// The size of a blob a repository holds: the one query behind HEAD, GET and mounts.
+const BLOB_SIZE: &str = "SELECT b.size FROM repositories r
+     JOIN repository_blobs rb ON rb.repository_id = r.id
+     JOIN blobs b ON b.digest = rb.digest
+     WHERE r.name = ? AND rb.digest = ?";
+
 const MANIFEST_COLUMNS: &str = "m.digest, m.media_type, m.body, m.subject";
 
 #[async_trait]
@@ -169,17 +175,12 @@ impl MetadataStore for SqliteStore {
         repository: &RepositoryName,
         digest: &Digest,
     ) -> Result<Option<u64>, Error> {
-        let size: Option<i64> = sqlx::query_scalar(
-            "SELECT b.size FROM repositories r
-             JOIN repository_blobs rb ON rb.repository_id = r.id
-             JOIN blobs b ON b.digest = rb.digest
-             WHERE r.name = ? AND rb.digest = ?",
-        )
-        .bind(repository.as_str())
-        .bind(digest.to_string())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
+        let size: Option<i64> = sqlx::query_scalar(BLOB_SIZE)
+            .bind(repository.as_str())
+            .bind(digest.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
         Ok(size.map(to_u64))
     }
 
@@ -204,17 +205,12 @@ impl MetadataStore for SqliteStore {
         now: Timestamp,
     ) -> Result<Option<u64>, Error> {
         let mut tx = self.write().await?;
-        let size: Option<i64> = sqlx::query_scalar(
-            "SELECT b.size FROM repositories r
-             JOIN repository_blobs rb ON rb.repository_id = r.id
-             JOIN blobs b ON b.digest = rb.digest
-             WHERE r.name = ? AND rb.digest = ?",
-        )
-        .bind(from.as_str())
-        .bind(digest.to_string())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(backend)?;
+        let size: Option<i64> = sqlx::query_scalar(BLOB_SIZE)
+            .bind(from.as_str())
+            .bind(digest.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
         let Some(size) = size.map(to_u64) else {
             return Ok(None);
         };

@@ -442,6 +442,33 @@ impl Access {
         ))
     }
 
+    /// The repositories of `names` that `principal` may pull, reading each project's policy
+    /// once (a catalog page holds many repositories of few projects).
+    pub async fn pullable(
+        &self,
+        principal: &Principal,
+        names: Vec<String>,
+    ) -> Result<Vec<String>, Error> {
+        let mut policies: HashMap<String, Option<ProjectPolicy>> = HashMap::new();
+        let time = now();
+        let mut visible = Vec::with_capacity(names.len());
+        for text in names {
+            let Ok(name) = text.parse::<RepositoryName>() else {
+                continue;
+            };
+            let project = name.project().to_owned();
+            if !policies.contains_key(&project) {
+                let policy = self.project_policy(&project).await?;
+                policies.insert(project.clone(), policy);
+            }
+            let policy = policies.get(&project).and_then(Option::as_ref);
+            if auth::authorize(policy, principal, &name, Action::Pull, time).allowed {
+                visible.push(text);
+            }
+        }
+        Ok(visible)
+    }
+
     pub async fn project_policy(&self, project: &str) -> Result<Option<ProjectPolicy>, Error> {
         let Some((record, members)) = self.store.project_policy(project).await? else {
             return Ok(None);
@@ -477,12 +504,18 @@ impl Access {
         for scope in scopes {
             match &scope.resource {
                 Resource::Repository(name) => {
-                    let mut actions = Vec::new();
-                    for action in &scope.actions {
-                        if self.decide(principal, name, *action).await?.allowed {
-                            actions.push(action.as_str().to_owned());
-                        }
-                    }
+                    // One policy read per scope, however many actions it asks for.
+                    let policy = self.project_policy(name.project()).await?;
+                    let time = now();
+                    let actions: Vec<String> = scope
+                        .actions
+                        .iter()
+                        .filter(|action| {
+                            auth::authorize(policy.as_ref(), principal, name, **action, time)
+                                .allowed
+                        })
+                        .map(|action| action.as_str().to_owned())
+                        .collect();
                     match granted
                         .iter_mut()
                         .find(|entry| entry.kind == "repository" && entry.name == name.as_str())
