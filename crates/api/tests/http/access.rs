@@ -855,3 +855,36 @@ async fn the_public_keys_are_published_as_jwks() {
     );
     assert!(keys[0].get("d").is_none(), "never the private part");
 }
+
+#[tokio::test]
+async fn an_expired_robot_is_refused_everywhere() {
+    let registry = team_registry().await;
+    let robot_secret = secret::random();
+    let robot = RobotRecord {
+        name: "robot$team+old".into(),
+        project: Some("team".into()),
+        description: None,
+        grants: r#"[{"pattern":"team/**","actions":["pull","push"]}]"#.into(),
+        expires_at: 1,
+        revoked: false,
+        created_at: 0,
+        last_used_at: None,
+    };
+    registry
+        .store
+        .create_robot(&robot, &robot_secret.hash)
+        .await
+        .expect("robot");
+    let credentials = basic("robot$team+old", &robot_secret.plaintext);
+    registry
+        .send(call("GET", "/v2/team/app/tags/list").header("authorization", credentials.clone()))
+        .await
+        .expect_error(401, "UNAUTHORIZED");
+    registry
+        .send(
+            call("GET", "/auth/token?scope=repository:team/app:pull")
+                .header("authorization", credentials),
+        )
+        .await
+        .expect(401);
+}
