@@ -1,22 +1,34 @@
 //! Content-addressed blobs and the byte storage of upload sessions.
 //!
-//! Committed blobs live under `blobs/<algorithm>/<first two hex>/<hex>` and are read through
-//! `object_store`. Upload bytes are staged under `uploads/<session id>` until the registry has
-//! checked the digest; `commit` then moves them into place in one atomic rename, so a reader
-//! can never see a partial blob under a digest.
+//! Committed blobs live under `blobs/<algorithm>/<first two hex>/<hex>`, on local disk or in
+//! an object store (S3-compatible, GCS, Azure), and are read through `object_store`. Upload
+//! bytes are staged until the registry has checked the digest: in a file per session on local
+//! disk (`local`), or in parts and a small tail object in the object store, recorded in the
+//! session's state so any replica can continue it (`remote`). `commit` then puts the bytes in
+//! place under their digest in one step, so a reader can never see a partial blob.
 //!
 //! Invariants:
-//! - Bytes are hashed exactly once, while they stream in (`append`); nothing here buffers a
-//!   whole blob in memory, and `commit` never re-reads the data.
-//! - `append` writes at the session's acknowledged offset, so bytes of a chunk that failed
-//!   half-way are overwritten by the retry and never become part of a blob.
+//! - Bytes are hashed exactly once, while they stream in; nothing here buffers a whole blob in
+//!   memory (at most one part per request), and `commit` never re-hashes the data.
+//! - A chunk that fails half-way never becomes part of a blob: local staging writes at the
+//!   acknowledged offset, object-store staging writes only names the session record does not
+//!   hold yet.
 //! - This crate does not decide whether a digest matches; it only moves verified bytes.
 
+mod cloud;
 pub mod hash;
+mod local;
+mod remote;
+mod state;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+#[cfg(test)]
+mod tests_s3;
 
 use std::io::SeekFrom;
-use std::path::{Path as FsPath, PathBuf};
+use std::path::Path as FsPath;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, Stream, StreamExt};
@@ -24,12 +36,13 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, GetResultPayload, ObjectStore};
 use oci::{ByteRange, Digest};
-use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
+use tokio::io::AsyncSeekExt;
 
+pub use cloud::{AzureSettings, Backend, GcsSettings, RemoteSettings, S3Settings};
 pub use hash::{CorruptHashState, Sha256State};
+pub use remote::MIN_PART_SIZE;
+pub use state::{CorruptUploadState, UploadState};
 
-/// Large writes keep the number of blocking file operations per GiB small.
-const WRITE_BUFFER: usize = 1024 * 1024;
 /// Chunk size for streaming a blob out of a local file.
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -40,6 +53,9 @@ pub enum Error {
     /// The request body failed while streaming (the client went away, or sent a bad chunk).
     #[error("request body failed: {0}")]
     Body(String),
+    /// The object store did not answer, or answered with an error; retrying may succeed.
+    #[error("blob storage unavailable: {0}")]
+    Unavailable(String),
     #[error("blob storage failed: {0}")]
     Storage(String),
 }
@@ -48,15 +64,49 @@ fn storage(err: impl std::fmt::Display) -> Error {
     Error::Storage(err.to_string())
 }
 
+fn unavailable(err: impl std::fmt::Display) -> Error {
+    Error::Unavailable(err.to_string())
+}
+
+fn blob_path(digest: &Digest) -> Path {
+    let hex = digest.hex();
+    Path::from(format!(
+        "blobs/{}/{}/{}",
+        digest.algorithm().as_str(),
+        &hex[..2],
+        hex
+    ))
+}
+
 pub struct BlobStore {
     objects: Arc<dyn ObjectStore>,
-    root: PathBuf,
+    staging: Staging,
+    description: String,
+}
+
+enum Staging {
+    Local(local::LocalStaging),
+    Remote(remote::RemoteStaging),
 }
 
 /// A blob being read: its total size and the requested bytes as a stream.
 pub struct BlobRead {
     pub size: u64,
     pub stream: BoxStream<'static, Result<Bytes, Error>>,
+}
+
+/// An upload whose last bytes have arrived and been hashed, waiting for the caller to compare
+/// `digest` with the one the client named, then to `commit` or `abort` it.
+pub struct Finishing {
+    session: String,
+    /// Bytes the finishing request carried.
+    pub written: u64,
+    /// The blob's size.
+    pub size: u64,
+    pub digest: Digest,
+    /// The session's state including this request's bytes, for `abort`.
+    pub state: UploadState,
+    held: Option<remote::Held>,
 }
 
 impl BlobStore {
@@ -69,22 +119,14 @@ impl BlobStore {
         let objects = LocalFileSystem::new_with_prefix(&root).map_err(storage)?;
         Ok(BlobStore {
             objects: Arc::new(objects),
-            root,
+            description: format!("local disk at {}", root.display()),
+            staging: Staging::Local(local::LocalStaging::new(root)),
         })
     }
 
-    fn blob_path(digest: &Digest) -> Path {
-        let hex = digest.hex();
-        Path::from(format!(
-            "blobs/{}/{}/{}",
-            digest.algorithm().as_str(),
-            &hex[..2],
-            hex
-        ))
-    }
-
-    fn staging_path(&self, session: &str) -> PathBuf {
-        self.root.join("uploads").join(session)
+    /// Where blobs live, for the operator (never includes credentials).
+    pub fn description(&self) -> &str {
+        &self.description
     }
 
     /// Streams `range` (or all) of a committed blob.
@@ -93,16 +135,12 @@ impl BlobStore {
             range: range.map(|r| GetRange::Bounded(r.start..r.end + 1)),
             ..GetOptions::default()
         };
-        let result = match self
-            .objects
-            .get_opts(&Self::blob_path(digest), options)
-            .await
-        {
+        let result = match self.objects.get_opts(&blob_path(digest), options).await {
             Ok(result) => result,
             Err(object_store::Error::NotFound { .. }) => {
                 return Err(Error::Missing(digest.clone()))
             }
-            Err(err) => return Err(storage(err)),
+            Err(err) => return Err(self.failure(err)),
         };
         let size = result.meta.size;
         let wanted = result.range.clone();
@@ -117,111 +155,140 @@ impl BlobStore {
                     .map(|chunk| chunk.map_err(storage))
                     .boxed()
             }
-            GetResultPayload::Stream(stream) => stream.map(|chunk| chunk.map_err(storage)).boxed(),
+            GetResultPayload::Stream(stream) => {
+                stream.map(|chunk| chunk.map_err(unavailable)).boxed()
+            }
         };
         Ok(BlobRead { size, stream })
     }
 
-    /// Writes `body` into the session's staging area at `offset`, hashing it into `state`.
-    /// Returns the number of bytes written; on error nothing past `offset` counts.
+    /// A URL the client may fetch the blob from directly for `ttl`, when the store can sign
+    /// one (S3, GCS); `None` when blobs must stream through the registry.
+    pub async fn presigned_url(
+        &self,
+        digest: &Digest,
+        ttl: Duration,
+    ) -> Result<Option<String>, Error> {
+        let Staging::Remote(remote) = &self.staging else {
+            return Ok(None);
+        };
+        let Some(signer) = &remote.signer else {
+            return Ok(None);
+        };
+        let url = signer
+            .signed_url(object_store::signer::Method::GET, &blob_path(digest), ttl)
+            .await
+            .map_err(unavailable)?;
+        Ok(Some(url.to_string()))
+    }
+
+    fn failure(&self, err: object_store::Error) -> Error {
+        match self.staging {
+            Staging::Local(_) => storage(err),
+            Staging::Remote(_) => unavailable(err),
+        }
+    }
+
+    /// Hashes `body` into `state` and stages it after the `offset` bytes received so far.
+    /// Returns the number of bytes written; on error `state` is untouched and nothing past
+    /// `offset` counts. After recording the new state, call `release(old, new)`.
     pub async fn append<S, E>(
         &self,
         session: &str,
         offset: u64,
-        state: &mut Sha256State,
+        state: &mut UploadState,
         body: S,
     ) -> Result<u64, Error>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let path = self.staging_path(session);
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .await
-            .map_err(storage)?;
-        // Bytes past the acknowledged offset come from a chunk that failed; drop them.
-        file.set_len(offset).await.map_err(storage)?;
-        file.seek(SeekFrom::Start(offset)).await.map_err(storage)?;
-        let mut writer = BufWriter::with_capacity(WRITE_BUFFER, file);
-        let mut hashed = state.clone();
-        let mut written = 0u64;
-        let mut body = std::pin::pin!(body);
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|err| Error::Body(err.to_string()))?;
-            hashed.update(&chunk);
-            writer.write_all(&chunk).await.map_err(storage)?;
-            written += chunk.len() as u64;
+        Self::check_offset(session, offset, state)?;
+        match &self.staging {
+            Staging::Local(local) => local.append(session, offset, state, body).await,
+            Staging::Remote(remote) => remote.append(session, state, body).await,
         }
-        writer.flush().await.map_err(storage)?;
-        let file = writer.into_inner();
-        file.sync_data().await.map_err(storage)?;
-        *state = hashed;
-        Ok(written)
     }
 
-    /// Moves a verified upload of `size` bytes into place under its digest. Committing bytes
-    /// that are already stored replaces them with identical bytes, so concurrent pushes of one
-    /// blob both succeed; a retried commit whose first attempt already moved the bytes succeeds.
-    pub async fn commit(&self, session: &str, digest: &Digest, size: u64) -> Result<(), Error> {
-        let staging = self.staging_path(session);
-        let target = self.root.join(Self::blob_path(digest).as_ref());
-        match tokio::fs::OpenOptions::new()
-            .write(true)
-            .open(&staging)
-            .await
-        {
-            Ok(file) => {
-                // Bytes past `size` are leftovers of a failed chunk.
-                file.set_len(size).await.map_err(storage)?;
-                file.sync_all().await.map_err(storage)?;
+    /// Hashes and stages the last bytes of an upload, without committing anything.
+    pub async fn finish<S, E>(
+        &self,
+        session: &str,
+        offset: u64,
+        state: &UploadState,
+        body: S,
+    ) -> Result<Finishing, Error>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        Self::check_offset(session, offset, state)?;
+        let mut state = state.clone();
+        let (written, held) = match &self.staging {
+            Staging::Local(local) => (local.append(session, offset, &mut state, body).await?, None),
+            Staging::Remote(remote) => {
+                let (written, held) = remote.finish(session, &mut state, body).await?;
+                (written, Some(held))
             }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                if tokio::fs::metadata(&target)
-                    .await
-                    .is_ok_and(|meta| meta.len() == size)
-                {
-                    return Ok(());
-                }
-                if size != 0 {
-                    return Err(Error::Storage(format!(
-                        "the staged bytes of upload {session} are missing"
-                    )));
-                }
-                tokio::fs::File::create(&staging)
-                    .await
-                    .map_err(storage)?
-                    .sync_all()
-                    .await
-                    .map_err(storage)?;
-            }
-            Err(err) => return Err(storage(err)),
-        }
-        let parent = target
-            .parent()
-            .ok_or_else(|| Error::Storage("blob path has no parent".into()))?;
-        tokio::fs::create_dir_all(parent).await.map_err(storage)?;
-        tokio::fs::rename(&staging, &target)
-            .await
-            .map_err(storage)?;
-        // The rename is durable only once the directory entry is.
-        tokio::fs::File::open(parent)
-            .await
-            .map_err(storage)?
-            .sync_all()
-            .await
-            .map_err(storage)
+        };
+        Ok(Finishing {
+            session: session.to_owned(),
+            written,
+            size: state.length(),
+            digest: state.hash.finish(),
+            state,
+            held,
+        })
     }
 
-    /// Discards an upload's staged bytes (idempotent).
-    pub async fn abort(&self, session: &str) -> Result<(), Error> {
-        match tokio::fs::remove_file(self.staging_path(session)).await {
-            Ok(()) => Ok(()),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(err) => Err(storage(err)),
+    fn check_offset(session: &str, offset: u64, state: &UploadState) -> Result<(), Error> {
+        if state.length() != offset {
+            return Err(Error::Storage(format!(
+                "upload {session} stands at byte {offset} but its hash state holds {} bytes",
+                state.length()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Puts a finished upload in place under its digest (which the caller has verified).
+    /// Committing bytes that are already stored replaces them with identical bytes, so
+    /// concurrent pushes of one blob both succeed.
+    pub async fn commit(&self, finishing: Finishing) -> Result<(), Error> {
+        match (&self.staging, finishing.held) {
+            (Staging::Local(local), _) => {
+                local
+                    .commit(
+                        &finishing.session,
+                        &local.blob_file(&finishing.digest),
+                        finishing.size,
+                    )
+                    .await
+            }
+            (Staging::Remote(remote), Some(held)) => {
+                remote
+                    .commit(&finishing.session, held, &finishing.digest)
+                    .await
+            }
+            (Staging::Remote(_), None) => Err(Error::Storage(
+                "an object-store upload finished without its held bytes".into(),
+            )),
+        }
+    }
+
+    /// Discards everything an upload staged (idempotent).
+    pub async fn abort(&self, session: &str, state: &UploadState) -> Result<(), Error> {
+        match &self.staging {
+            Staging::Local(local) => local.abort(session).await,
+            Staging::Remote(remote) => remote.abort(session, &state.staged).await,
+        }
+    }
+
+    /// Best effort, after a session moved from state `from` to `to` (or failed to): removes
+    /// what `from` staged that `to` no longer uses.
+    pub async fn release(&self, session: &str, from: &UploadState, to: &UploadState) {
+        if let Staging::Remote(remote) = &self.staging {
+            remote.release(session, &from.staged, &to.staged).await;
         }
     }
 }
@@ -255,18 +322,18 @@ mod tests {
     async fn chunks_append_commit_and_read_back_with_ranges() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = BlobStore::local(dir.path()).expect("store");
-        let mut state = Sha256State::new();
+        let mut state = UploadState::new();
         let first = store
             .append("s1", 0, &mut state, body(&[b"hello ", b"wor"]))
             .await
             .expect("append");
-        let second = store
-            .append("s1", first, &mut state, body(&[b"ld"]))
+        let finishing = store
+            .finish("s1", first, &state, body(&[b"ld"]))
             .await
-            .expect("append");
-        assert_eq!(first + second, 11);
-        let digest = state.finish();
-        store.commit("s1", &digest, 11).await.expect("commit");
+            .expect("finish");
+        assert_eq!((first, finishing.written, finishing.size), (6 + 3, 2, 11));
+        let digest = finishing.digest.clone();
+        store.commit(finishing).await.expect("commit");
 
         let all = store.read(&digest, None).await.expect("read");
         assert_eq!(all.size, 11);
@@ -280,13 +347,20 @@ mod tests {
             !dir.path().join("uploads/s1").exists(),
             "the staging file moved into place"
         );
+        assert_eq!(
+            store
+                .presigned_url(&digest, Duration::from_secs(60))
+                .await
+                .expect("sign"),
+            None
+        );
     }
 
     #[tokio::test]
     async fn a_failed_chunk_leaves_nothing_behind() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = BlobStore::local(dir.path()).expect("store");
-        let mut state = Sha256State::new();
+        let mut state = UploadState::new();
         let written = store
             .append("s2", 0, &mut state, body(&[b"abc"]))
             .await
@@ -302,12 +376,12 @@ mod tests {
             state, before,
             "the hash state is untouched by a failed chunk"
         );
-        store
-            .append("s2", written, &mut state, body(&[b"def"]))
+        let finishing = store
+            .finish("s2", written, &state, body(&[b"def"]))
             .await
             .expect("retry");
-        let digest = state.finish();
-        store.commit("s2", &digest, 6).await.expect("commit");
+        let digest = finishing.digest.clone();
+        store.commit(finishing).await.expect("commit");
         assert_eq!(
             collect(store.read(&digest, None).await.expect("read")).await,
             b"abcdef"
@@ -315,7 +389,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn missing_blobs_and_empty_uploads() {
+    async fn missing_blobs_empty_uploads_and_a_state_out_of_step() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = BlobStore::local(dir.path()).expect("store");
         let unknown = Digest::sha256_from_bytes(&[1; 32]);
@@ -323,15 +397,21 @@ mod tests {
             store.read(&unknown, None).await,
             Err(Error::Missing(_))
         ));
-        let empty = Sha256State::new().finish();
-        store
-            .commit("never-written", &empty, 0)
+        let state = UploadState::new();
+        let empty = store
+            .finish("never-written", 0, &state, body(&[]))
             .await
-            .expect("commit an empty blob");
-        assert_eq!(store.read(&empty, None).await.expect("read").size, 0);
+            .expect("finish an empty blob");
+        let digest = empty.digest.clone();
+        store.commit(empty).await.expect("commit an empty blob");
+        assert_eq!(store.read(&digest, None).await.expect("read").size, 0);
         store
-            .abort("never-written")
+            .abort("never-written", &state)
             .await
             .expect("abort is idempotent");
+        assert!(matches!(
+            store.finish("s3", 5, &state, body(&[])).await,
+            Err(Error::Storage(_))
+        ));
     }
 }

@@ -214,8 +214,10 @@ fn manifest_record(row: &PgRow) -> Result<ManifestRecord, Error> {
     })
 }
 
-const UPLOAD_COLUMNS: &str =
-    "id::text AS id, repository, byte_offset, hash_state, principal, created_at, updated_at";
+/// Qualified, so the claim's `UPDATE ... FROM` can return them too.
+const UPLOAD_COLUMNS: &str = "uploads.id::text AS id, uploads.repository, uploads.byte_offset, \
+     uploads.hash_state, uploads.storage_state, uploads.principal, uploads.created_at, \
+     uploads.updated_at";
 
 fn upload_record(row: &PgRow) -> Result<UploadRecord, Error> {
     let id: String = row.get("id");
@@ -227,6 +229,7 @@ fn upload_record(row: &PgRow) -> Result<UploadRecord, Error> {
             .map_err(|_| corrupt("repository name", &repository))?,
         offset: to_u64(row.get("byte_offset")),
         hash_state: row.get("hash_state"),
+        storage_state: row.get("storage_state"),
         principal: row.get("principal"),
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
@@ -529,11 +532,12 @@ impl MetadataStore for PostgresStore {
     }
 
     async fn create_upload(&self, upload: &UploadRecord) -> Result<(), Error> {
-        sqlx::query("INSERT INTO uploads (id, repository, byte_offset, hash_state, principal, created_at, updated_at) VALUES ($1::uuid, $2, $3, $4, $5, $6, $7)")
+        sqlx::query("INSERT INTO uploads (id, repository, byte_offset, hash_state, storage_state, principal, created_at, updated_at) VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8)")
             .bind(upload.id.to_string())
             .bind(upload.repository.as_str())
             .bind(to_i64(upload.offset))
             .bind(&upload.hash_state)
+            .bind(&upload.storage_state)
             .bind(upload.principal.as_deref())
             .bind(upload.created_at)
             .bind(upload.updated_at)
@@ -560,13 +564,15 @@ impl MetadataStore for PostgresStore {
         expected_offset: u64,
         offset: u64,
         hash_state: &[u8],
+        storage_state: &[u8],
         now: Timestamp,
     ) -> Result<bool, Error> {
         // Compare and swap: of two replicas advancing from the same offset, the second finds
         // the row changed (READ COMMITTED re-checks the WHERE after waiting) and loses.
-        let result = sqlx::query("UPDATE uploads SET byte_offset = $1, hash_state = $2, updated_at = $3 WHERE id = $4::uuid AND byte_offset = $5")
+        let result = sqlx::query("UPDATE uploads SET byte_offset = $1, hash_state = $2, storage_state = $3, updated_at = $4 WHERE id = $5::uuid AND byte_offset = $6")
             .bind(to_i64(offset))
             .bind(hash_state)
+            .bind(storage_state)
             .bind(now)
             .bind(id.to_string())
             .bind(to_i64(expected_offset))
@@ -585,19 +591,30 @@ impl MetadataStore for PostgresStore {
         Ok(result.rows_affected() > 0)
     }
 
-    async fn stale_uploads(
+    async fn claim_stale_uploads(
         &self,
         before: Timestamp,
+        now: Timestamp,
         limit: u32,
     ) -> Result<Vec<UploadRecord>, Error> {
+        // SKIP LOCKED: replicas sweeping at once each take different rows instead of waiting.
         let rows = sqlx::query(&format!(
-            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE updated_at < $1 ORDER BY updated_at, id LIMIT $2"
+            "WITH claimed AS (SELECT id FROM uploads WHERE updated_at < $1 \
+               ORDER BY updated_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             UPDATE uploads SET updated_at = $3 FROM claimed WHERE uploads.id = claimed.id \
+             RETURNING {UPLOAD_COLUMNS}"
         ))
         .bind(before)
         .bind(i64::from(limit))
+        .bind(now)
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        rows.iter().map(upload_record).collect()
+        let mut claimed = rows
+            .iter()
+            .map(upload_record)
+            .collect::<Result<Vec<_>, _>>()?;
+        claimed.sort_by_key(|upload| upload.id.0);
+        Ok(claimed)
     }
 }

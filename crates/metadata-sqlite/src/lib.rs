@@ -154,6 +154,7 @@ fn upload_record(row: &SqliteRow) -> Result<UploadRecord, Error> {
             .map_err(|_| corrupt("repository name", &repository))?,
         offset: to_u64(row.get("byte_offset")),
         hash_state: row.get("hash_state"),
+        storage_state: row.get("storage_state"),
         principal: row.get("principal"),
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
@@ -458,11 +459,12 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn create_upload(&self, upload: &UploadRecord) -> Result<(), Error> {
-        sqlx::query("INSERT INTO uploads (id, repository, byte_offset, hash_state, principal, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO uploads (id, repository, byte_offset, hash_state, storage_state, principal, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
             .bind(upload.id.to_string())
             .bind(upload.repository.as_str())
             .bind(to_i64(upload.offset))
             .bind(&upload.hash_state)
+            .bind(&upload.storage_state)
             .bind(upload.principal.as_deref())
             .bind(upload.created_at)
             .bind(upload.updated_at)
@@ -487,11 +489,13 @@ impl MetadataStore for SqliteStore {
         expected_offset: u64,
         offset: u64,
         hash_state: &[u8],
+        storage_state: &[u8],
         now: Timestamp,
     ) -> Result<bool, Error> {
-        let result = sqlx::query("UPDATE uploads SET byte_offset = ?, hash_state = ?, updated_at = ? WHERE id = ? AND byte_offset = ?")
+        let result = sqlx::query("UPDATE uploads SET byte_offset = ?, hash_state = ?, storage_state = ?, updated_at = ? WHERE id = ? AND byte_offset = ?")
             .bind(to_i64(offset))
             .bind(hash_state)
+            .bind(storage_state)
             .bind(now)
             .bind(id.to_string())
             .bind(to_i64(expected_offset))
@@ -510,19 +514,30 @@ impl MetadataStore for SqliteStore {
         Ok(result.rows_affected() > 0)
     }
 
-    async fn stale_uploads(
+    async fn claim_stale_uploads(
         &self,
         before: Timestamp,
+        now: Timestamp,
         limit: u32,
     ) -> Result<Vec<UploadRecord>, Error> {
-        let rows =
-            sqlx::query("SELECT * FROM uploads WHERE updated_at < ? ORDER BY updated_at LIMIT ?")
-                .bind(before)
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(backend)?;
-        rows.iter().map(upload_record).collect()
+        // One statement is one write transaction: SQLite's single writer makes the claim atomic.
+        let rows = sqlx::query(
+            "UPDATE uploads SET updated_at = ? WHERE id IN \
+             (SELECT id FROM uploads WHERE updated_at < ? ORDER BY updated_at LIMIT ?) \
+             RETURNING *",
+        )
+        .bind(now)
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let mut claimed = rows
+            .iter()
+            .map(upload_record)
+            .collect::<Result<Vec<_>, _>>()?;
+        claimed.sort_by_key(|upload| upload.id.0);
+        Ok(claimed)
     }
 }
 

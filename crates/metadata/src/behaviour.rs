@@ -366,6 +366,7 @@ async fn uploads_advance_only_from_the_expected_offset(store: &dyn MetadataStore
         repository: name("uploads/app"),
         offset: 0,
         hash_state: vec![1, 2, 3],
+        storage_state: Vec::new(),
         principal: Some("user:alice".into()),
         created_at: 100,
         updated_at: 100,
@@ -375,12 +376,12 @@ async fn uploads_advance_only_from_the_expected_offset(store: &dyn MetadataStore
     assert_eq!(store.upload(id).await.expect("query"), Some(record.clone()));
 
     assert!(store
-        .advance_upload(id, 0, 10, &[4, 5], 200)
+        .advance_upload(id, 0, 10, &[4, 5], b"{\"parts\":[]}", 200)
         .await
         .expect("advance"));
     assert!(
         !store
-            .advance_upload(id, 0, 20, &[6], 300)
+            .advance_upload(id, 0, 20, &[6], &[], 300)
             .await
             .expect("advance"),
         "a stale offset loses"
@@ -390,9 +391,10 @@ async fn uploads_advance_only_from_the_expected_offset(store: &dyn MetadataStore
         (
             advanced.offset,
             advanced.hash_state.as_slice(),
+            advanced.storage_state.as_slice(),
             advanced.updated_at
         ),
-        (10, &[4u8, 5][..], 200)
+        (10, &[4u8, 5][..], &b"{\"parts\":[]}"[..], 200)
     );
 
     let other = UploadRecord {
@@ -401,8 +403,30 @@ async fn uploads_advance_only_from_the_expected_offset(store: &dyn MetadataStore
         ..record
     };
     store.create_upload(&other).await.expect("create");
-    let stale = store.stale_uploads(300, 10).await.expect("stale");
+    let stale = store
+        .claim_stale_uploads(300, 600, 10)
+        .await
+        .expect("stale");
     assert_eq!(stale.iter().map(|u| u.id).collect::<Vec<_>>(), vec![id]);
+    assert!(
+        store
+            .claim_stale_uploads(300, 600, 10)
+            .await
+            .expect("stale")
+            .is_empty(),
+        "a claimed upload is not handed out twice"
+    );
+    assert_eq!(
+        store
+            .claim_stale_uploads(700, 800, 10)
+            .await
+            .expect("stale")
+            .iter()
+            .map(|u| u.id)
+            .collect::<Vec<_>>(),
+        vec![id, other.id],
+        "an abandoned claim ages out again"
+    );
 
     assert!(store.delete_upload(id).await.expect("delete"));
     assert!(!store.delete_upload(id).await.expect("delete"));

@@ -44,13 +44,15 @@ impl std::fmt::Display for UploadId {
     }
 }
 
-/// A resumable blob upload. `hash_state` is opaque here: the blob store encodes it.
+/// A resumable blob upload. `hash_state` and `storage_state` are opaque here: the blob store
+/// encodes them (the hash so far; where the bytes received so far are staged).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadRecord {
     pub id: UploadId,
     pub repository: RepositoryName,
     pub offset: u64,
     pub hash_state: Vec<u8>,
+    pub storage_state: Vec<u8>,
     /// Who started the upload (`user:NAME`, `robot:NAME`); only they may continue it.
     pub principal: Option<String>,
     pub created_at: Timestamp,
@@ -188,16 +190,20 @@ pub trait MetadataStore: Send + Sync + 'static {
         expected_offset: u64,
         offset: u64,
         hash_state: &[u8],
+        storage_state: &[u8],
         now: Timestamp,
     ) -> Result<bool, Error>;
 
     /// Deletes an upload record; false when it did not exist.
     async fn delete_upload(&self, id: UploadId) -> Result<bool, Error>;
 
-    /// Uploads not touched since `before`, oldest first.
-    async fn stale_uploads(
+    /// Claims up to `limit` uploads not touched since `before` (oldest first), for removal:
+    /// each is marked touched at `now` in the same transaction, so replicas sweeping at the
+    /// same time never claim the same upload. A claim abandoned by a crash ages out again.
+    async fn claim_stale_uploads(
         &self,
         before: Timestamp,
+        now: Timestamp,
         limit: u32,
     ) -> Result<Vec<UploadRecord>, Error>;
 }

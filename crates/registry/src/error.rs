@@ -73,6 +73,7 @@ impl From<blobstore::Error> for Error {
             blobstore::Error::Body(text) => {
                 Error::UploadInvalid(format!("the request body failed: {text}"))
             }
+            blobstore::Error::Unavailable(text) => Error::Unavailable(text),
             blobstore::Error::Storage(text) => Error::Internal(text),
         }
     }

@@ -1,22 +1,27 @@
 //! Blob uploads: sessions that survive restarts and never re-read their bytes.
 //!
-//! A session's record (offset and SHA-256 state) lives in the metadata store and is advanced at
-//! the end of every chunk; its bytes live in the blob store's staging area. Finishing an upload
-//! finalizes the saved hash, compares it with the client's digest, moves the bytes into place
-//! and links the blob, in that order.
+//! A session's record (offset, SHA-256 state, where its bytes are staged) lives in the metadata
+//! store and is advanced at the end of every chunk; its bytes live in the blob store's staging
+//! area (a local file, or object-store parts any replica can continue). Finishing an upload
+//! hashes the last bytes, compares the digest with the client's, puts the bytes in place and
+//! links the blob, in that order.
 //!
 //! The staged bytes are named after the session's canonical id, never after the client's
 //! spelling of it: a UUID has several (case, hyphens, braces, URN) and all find the session.
 //!
-//! Invariant: a session has one writer at a time in this process. Two requests writing one
-//! staging file could leave it holding one request's bytes while the session record holds the
-//! other's hash; the record's compare-and-swap alone cannot see that.
+//! Invariants:
+//! - A session has one writer at a time in this process. Two requests writing one local
+//!   staging file could leave it holding one request's bytes while the session record holds
+//!   the other's hash; the record's compare-and-swap alone cannot see that.
+//! - Across replicas (object-store staging) the record's compare-and-swap decides: each
+//!   request stages under names the record does not hold yet, and the request whose advance
+//!   loses removes what it staged.
 
 use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use blobstore::Sha256State;
+use blobstore::UploadState;
 use bytes::Bytes;
 use futures_util::Stream;
 use metadata::{UploadId, UploadRecord};
@@ -92,7 +97,8 @@ impl Registry {
             id: UploadId(uuid::Uuid::new_v4()),
             repository: repository.clone(),
             offset: 0,
-            hash_state: Sha256State::new().to_bytes(),
+            hash_state: UploadState::new().hash_bytes(),
+            storage_state: Vec::new(),
             principal: Some(owner.to_owned()),
             created_at: time,
             updated_at: time,
@@ -222,43 +228,75 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        if let Some(range) = range {
-            if range.start != record.offset {
-                return Err(Error::UploadOutOfOrder {
-                    offset: record.offset,
-                    got: range.start,
-                });
-            }
-        }
-        let mut state = Sha256State::from_bytes(&record.hash_state)
-            .map_err(|err| Error::Internal(format!("upload {}: {err}", record.id)))?;
+        Self::check_start(record, range)?;
+        let before = Self::state(record)?;
+        let mut state = before.clone();
         let session = record.id.to_string();
         let written = self
             .blobs
             .append(&session, record.offset, &mut state, body)
             .await?;
-        if let Some(range) = range {
-            if written != range.len() {
-                return Err(Error::UploadInvalid(format!(
-                    "Content-Range announced {} bytes but the body carried {written}",
-                    range.len()
-                )));
-            }
+        if let Err(err) = Self::check_length(range, written) {
+            self.blobs.release(&session, &state, &before).await;
+            return Err(err);
         }
         if written == 0 {
             return Ok(record.offset);
         }
         let offset = record.offset + written;
-        if !self
+        let advanced = self
             .metadata
-            .advance_upload(record.id, record.offset, offset, &state.to_bytes(), now())
-            .await?
-        {
-            return Err(Error::UploadInvalid(
-                "another request advanced this upload at the same time".into(),
-            ));
+            .advance_upload(
+                record.id,
+                record.offset,
+                offset,
+                &state.hash_bytes(),
+                &state.storage_bytes(),
+                now(),
+            )
+            .await;
+        match advanced {
+            Ok(true) => {
+                self.blobs.release(&session, &before, &state).await;
+                Ok(offset)
+            }
+            Ok(false) => {
+                self.blobs.release(&session, &state, &before).await;
+                Err(Error::UploadInvalid(
+                    "another request advanced this upload at the same time".into(),
+                ))
+            }
+            // Whether the record took the change is unknown: both states' bytes stay until
+            // the session finishes or expires.
+            Err(err) => Err(err.into()),
         }
-        Ok(offset)
+    }
+
+    fn state(record: &UploadRecord) -> Result<UploadState, Error> {
+        UploadState::decode(&record.hash_state, &record.storage_state)
+            .map_err(|err| Error::Internal(format!("upload {}: {err}", record.id)))
+    }
+
+    /// A `Content-Range` must start where the upload stands.
+    fn check_start(record: &UploadRecord, range: Option<ByteRange>) -> Result<(), Error> {
+        match range {
+            Some(range) if range.start != record.offset => Err(Error::UploadOutOfOrder {
+                offset: record.offset,
+                got: range.start,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// ... and announce exactly the bytes sent.
+    fn check_length(range: Option<ByteRange>, written: u64) -> Result<(), Error> {
+        match range {
+            Some(range) if range.len() != written => Err(Error::UploadInvalid(format!(
+                "Content-Range announced {} bytes but the body carried {written}",
+                range.len()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Completes an upload with an optional last chunk, checks the digest and links the blob.
@@ -276,34 +314,43 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let (_writing, mut record) = self.session_to_write(repository, id, owner).await?;
+        let (_writing, record) = self.session_to_write(repository, id, owner).await?;
         if digest.algorithm() != Algorithm::Sha256 {
             self.discard(&record).await;
             return Err(Error::DigestInvalid(format!(
                 "digest {digest} uses an algorithm this registry does not compute; use sha256"
             )));
         }
-        let offset = self.append(&record, range, body).await?;
-        if offset != record.offset {
-            record = self.session(repository, id, owner).await?;
+        Self::check_start(&record, range)?;
+        let before = Self::state(&record)?;
+        let session = record.id.to_string();
+        let finishing = self
+            .blobs
+            .finish(&session, record.offset, &before, body)
+            .await?;
+        if let Err(err) = Self::check_length(range, finishing.written) {
+            self.blobs
+                .release(&session, &finishing.state, &before)
+                .await;
+            return Err(err);
         }
-        let state = Sha256State::from_bytes(&record.hash_state)
-            .map_err(|err| Error::Internal(format!("upload {id}: {err}")))?;
-        let actual = state.finish();
-        if actual != *digest {
+        if finishing.digest != *digest {
+            let actual = finishing.digest.clone();
+            if let Err(err) = self.blobs.abort(&session, &finishing.state).await {
+                tracing::warn!(upload = %session, "could not remove the bytes of upload {session}: {err}");
+            }
             self.discard(&record).await;
             return Err(Error::DigestInvalid(format!(
                 "the uploaded content has digest {actual}, not {digest}"
             )));
         }
-        self.blobs
-            .commit(&record.id.to_string(), digest, record.offset)
-            .await?;
+        let size = finishing.size;
+        self.blobs.commit(finishing).await?;
         self.metadata
-            .link_blob(repository, digest, record.offset, now())
+            .link_blob(repository, digest, size, now())
             .await?;
         self.metadata.delete_upload(record.id).await?;
-        tracing::info!(repository = %repository, digest = %digest, size = record.offset, "pushed blob {digest} to {repository}");
+        tracing::info!(repository = %repository, digest = %digest, size, "pushed blob {digest} to {repository}");
         Ok(())
     }
 
@@ -314,7 +361,9 @@ impl Registry {
         owner: &str,
     ) -> Result<(), Error> {
         let (_writing, record) = self.session_to_write(repository, id, owner).await?;
-        self.blobs.abort(&record.id.to_string()).await?;
+        self.blobs
+            .abort(&record.id.to_string(), &Self::state(&record)?)
+            .await?;
         self.metadata.delete_upload(record.id).await?;
         Ok(())
     }
@@ -322,7 +371,11 @@ impl Registry {
     /// Best effort: a failure here leaves a session that expiry removes later.
     async fn discard(&self, record: &UploadRecord) {
         let id = record.id.to_string();
-        if let Err(err) = self.blobs.abort(&id).await {
+        let aborted = match Self::state(record) {
+            Ok(state) => self.blobs.abort(&id, &state).await,
+            Err(err) => Err(blobstore::Error::Storage(err.to_string())),
+        };
+        if let Err(err) = aborted {
             tracing::warn!(upload = %id, "could not remove the bytes of upload {id}: {err}");
         }
         if let Err(err) = self.metadata.delete_upload(record.id).await {
@@ -331,16 +384,20 @@ impl Registry {
     }
 
     /// Removes upload sessions untouched for longer than the configured expiry, with their
-    /// bytes. Returns how many were removed.
+    /// bytes. Every replica sweeps; each claims different sessions. Returns how many this one
+    /// removed.
     pub async fn expire_uploads(&self) -> Result<usize, Error> {
         let expiry = i64::try_from(self.limits.upload_expiry.as_secs()).unwrap_or(i64::MAX);
-        let cutoff = now().saturating_sub(expiry);
+        let time = now();
+        let cutoff = time.saturating_sub(expiry);
         let mut removed = 0;
         loop {
-            let stale = self.metadata.stale_uploads(cutoff, 100).await?;
+            let stale = self.metadata.claim_stale_uploads(cutoff, time, 100).await?;
             let batch = stale.len();
             for record in stale {
-                self.blobs.abort(&record.id.to_string()).await?;
+                self.blobs
+                    .abort(&record.id.to_string(), &Self::state(&record)?)
+                    .await?;
                 self.metadata.delete_upload(record.id).await?;
                 removed += 1;
             }

