@@ -379,6 +379,13 @@ async fn handle(
                 set(&mut response, "accept-ranges", "bytes");
                 return Ok(response);
             }
+            if let Some(url) = registry.blob_redirect(&name, &digest).await? {
+                let mut response = Response::new(Body::empty());
+                *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+                set(&mut response, "location", url);
+                set(&mut response, "docker-content-digest", digest.to_string());
+                return Ok(response);
+            }
             let content = registry
                 .read_blob(&name, &digest, header_str(&headers, header::RANGE))
                 .await?;

@@ -20,7 +20,7 @@ use crate::remote::{RemoteStaging, MIN_PART_SIZE};
 use crate::{BlobStore, Error, Staging};
 
 /// Where and how to keep blobs in an object store.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteSettings {
     pub backend: Backend,
     /// Keys go under this prefix in the bucket (none: the bucket's root).
@@ -30,14 +30,14 @@ pub struct RemoteSettings {
     pub part_size: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
     S3(S3Settings),
     Gcs(GcsSettings),
     Azure(AzureSettings),
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct S3Settings {
     pub bucket: String,
     pub region: Option<String>,
@@ -51,14 +51,14 @@ pub struct S3Settings {
     pub allow_http: bool,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GcsSettings {
     pub bucket: String,
     /// A service account key file; unset means the environment's credentials.
     pub service_account_path: Option<String>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AzureSettings {
     pub account: String,
     pub container: String,

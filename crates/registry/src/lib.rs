@@ -33,6 +33,9 @@ pub struct Limits {
     pub max_manifest_bytes: usize,
     /// Upload sessions untouched for this long are removed with their bytes.
     pub upload_expiry: Duration,
+    /// Blob `GET`s answer 307 to a presigned URL valid this long, when the store signs URLs;
+    /// `None`: blobs stream through the registry.
+    pub blob_redirect: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -40,6 +43,7 @@ impl Default for Limits {
         Limits {
             max_manifest_bytes: 4 * 1024 * 1024,
             upload_expiry: Duration::from_secs(24 * 3600),
+            blob_redirect: None,
         }
     }
 }
@@ -138,6 +142,25 @@ impl Registry {
             range,
             stream: read.stream,
         })
+    }
+
+    /// Where the client may fetch a blob the repository holds directly from the object store,
+    /// when redirects are on and the store signs URLs.
+    pub async fn blob_redirect(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<String>, Error> {
+        let Some(ttl) = self.limits.blob_redirect else {
+            return Ok(None);
+        };
+        self.stat_blob(repository, digest).await?;
+        Ok(self.blobs.presigned_url(digest, ttl).await?)
+    }
+
+    /// Where blobs live, for the operator.
+    pub fn blob_storage(&self) -> &str {
+        self.blobs.description()
     }
 
     /// Removes the blob from the repository. Its bytes stay until no repository holds them.

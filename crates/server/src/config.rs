@@ -23,6 +23,138 @@ pub struct Config {
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub metadata: MetadataConfig,
+    pub storage: StorageConfig,
+}
+
+/// Where blobs live: local disk in the data directory, or an object store shared by several
+/// replicas.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub backend: StorageBackend,
+    /// Keys go under this prefix in the bucket or container (object stores only).
+    pub prefix: String,
+    /// Bytes per part of a chunked upload to an object store (at least 5 MiB); each request in
+    /// flight holds one part in memory.
+    pub part_size: usize,
+    /// Answer blob `GET`s with a 307 to a presigned URL valid this long (S3 and GCS only);
+    /// `0s` keeps blobs streaming through the registry.
+    pub redirect: HumanDuration,
+    pub s3: S3Config,
+    pub gcs: GcsConfig,
+    pub azure: AzureConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    Filesystem,
+    S3,
+    Gcs,
+    Azure,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    pub bucket: Option<String>,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<SecretString>,
+    pub path_style: bool,
+    pub allow_http: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GcsConfig {
+    pub bucket: Option<String>,
+    pub service_account_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AzureConfig {
+    pub account: Option<String>,
+    pub container: Option<String>,
+    pub access_key: Option<SecretString>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            backend: StorageBackend::Filesystem,
+            prefix: String::new(),
+            part_size: 8 * 1024 * 1024,
+            redirect: HumanDuration(Duration::ZERO),
+            s3: S3Config::default(),
+            gcs: GcsConfig::default(),
+            azure: AzureConfig::default(),
+        }
+    }
+}
+
+impl StorageConfig {
+    /// The object store to keep blobs in; `None` for local disk. Errors name the missing key.
+    pub fn remote(&self) -> anyhow::Result<Option<blobstore::RemoteSettings>> {
+        fn required(value: &Option<String>, key: &str) -> anyhow::Result<String> {
+            value
+                .clone()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| anyhow::anyhow!("storage.{key} must be set for this backend"))
+        }
+        let backend = match self.backend {
+            StorageBackend::Filesystem => {
+                if !self.redirect.0.is_zero() {
+                    anyhow::bail!(
+                        "storage.redirect needs an object store (s3 or gcs); local blobs stream"
+                    );
+                }
+                return Ok(None);
+            }
+            StorageBackend::S3 => blobstore::Backend::S3(blobstore::S3Settings {
+                bucket: required(&self.s3.bucket, "s3.bucket")?,
+                region: self.s3.region.clone(),
+                endpoint: self.s3.endpoint.clone(),
+                access_key_id: self.s3.access_key_id.clone(),
+                secret_access_key: self
+                    .s3
+                    .secret_access_key
+                    .as_ref()
+                    .map(|s| s.expose().to_owned()),
+                path_style: self.s3.path_style,
+                allow_http: self.s3.allow_http,
+            }),
+            StorageBackend::Gcs => blobstore::Backend::Gcs(blobstore::GcsSettings {
+                bucket: required(&self.gcs.bucket, "gcs.bucket")?,
+                service_account_path: self
+                    .gcs
+                    .service_account_path
+                    .as_ref()
+                    .map(|p| p.display().to_string()),
+            }),
+            StorageBackend::Azure => {
+                if !self.redirect.0.is_zero() {
+                    anyhow::bail!("storage.redirect is not available on Azure; set it to 0s");
+                }
+                blobstore::Backend::Azure(blobstore::AzureSettings {
+                    account: required(&self.azure.account, "azure.account")?,
+                    container: required(&self.azure.container, "azure.container")?,
+                    access_key: self
+                        .azure
+                        .access_key
+                        .as_ref()
+                        .map(|s| s.expose().to_owned()),
+                })
+            }
+        };
+        Ok(Some(blobstore::RemoteSettings {
+            backend,
+            prefix: Some(self.prefix.clone()).filter(|p| !p.is_empty()),
+            part_size: self.part_size,
+        }))
+    }
 }
 
 /// Where metadata lives: SQLite in the data directory, or a Postgres database shared by
@@ -157,6 +289,7 @@ impl Default for Config {
             log: LogConfig::default(),
             auth: AuthConfig::default(),
             metadata: MetadataConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -295,6 +428,29 @@ pub struct Overrides {
     /// instead of embedded SQLite.
     #[arg(long, env = "BULWARK_POSTGRES_URL", hide_env_values = true)]
     pub postgres_url: Option<SecretString>,
+    /// Where blobs live: filesystem (in the data directory), s3, gcs or azure.
+    #[arg(long, env = "BULWARK_STORAGE")]
+    pub storage: Option<StorageBackend>,
+    /// Key prefix inside the bucket or container.
+    #[arg(long, env = "BULWARK_STORAGE_PREFIX")]
+    pub storage_prefix: Option<String>,
+    /// Answer blob GETs with a 307 to a presigned URL valid this long (s3, gcs), e.g. 5m.
+    #[arg(long, env = "BULWARK_STORAGE_REDIRECT")]
+    pub storage_redirect: Option<HumanDuration>,
+    /// The S3 bucket (credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the file).
+    #[arg(long, env = "BULWARK_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// An S3-compatible endpoint, e.g. https://minio.internal:9000 (default: AWS).
+    #[arg(long, env = "BULWARK_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    #[arg(long, env = "BULWARK_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// Address objects as ENDPOINT/BUCKET/KEY (most self-hosted stores need this).
+    #[arg(long, env = "BULWARK_S3_PATH_STYLE")]
+    pub s3_path_style: Option<bool>,
+    /// Permit an http:// endpoint on a private network.
+    #[arg(long, env = "BULWARK_S3_ALLOW_HTTP")]
+    pub s3_allow_http: Option<bool>,
 }
 
 impl Config {
@@ -350,6 +506,32 @@ impl Config {
         if let Some(v) = o.log_format {
             config.log.format = v;
         }
+        if let Some(v) = o.storage {
+            config.storage.backend = v;
+        }
+        if let Some(v) = o.storage_prefix {
+            config.storage.prefix = v;
+        }
+        if let Some(v) = o.storage_redirect {
+            config.storage.redirect = v;
+        }
+        let s3 = &mut config.storage.s3;
+        if let Some(v) = o.s3_bucket {
+            s3.bucket = Some(v);
+        }
+        if let Some(v) = o.s3_endpoint {
+            s3.endpoint = Some(v);
+        }
+        if let Some(v) = o.s3_region {
+            s3.region = Some(v);
+        }
+        if let Some(v) = o.s3_path_style {
+            s3.path_style = v;
+        }
+        if let Some(v) = o.s3_allow_http {
+            s3.allow_http = v;
+        }
+        config.storage.remote()?;
         if config.tls.cert.is_some() != config.tls.key.is_some() {
             anyhow::bail!("tls.cert and tls.key must be set together");
         }
@@ -426,6 +608,53 @@ mod tests {
             ..Config::default()
         };
         assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn object_stores_are_chosen_and_checked_in_config() {
+        let s3: Config = toml::from_str(
+            "[storage]\nbackend = \"s3\"\nprefix = \"prod\"\nredirect = \"5m\"\n\
+             [storage.s3]\nbucket = \"blobs\"\nendpoint = \"https://s3.internal:9000\"\n\
+             path_style = true\naccess_key_id = \"AKIA1\"\nsecret_access_key = \"hunter2\"\n",
+        )
+        .expect("parse");
+        let remote = s3.storage.remote().expect("valid").expect("remote");
+        assert_eq!(remote.prefix.as_deref(), Some("prod"));
+        assert!(matches!(
+            remote.backend,
+            blobstore::Backend::S3(ref s) if s.bucket == "blobs" && s.path_style
+        ));
+        assert!(!format!("{s3:?}").contains("hunter2"));
+        blobstore::BlobStore::remote(&remote).expect("an S3 store builds from config");
+
+        let gcs: Config =
+            toml::from_str("[storage]\nbackend = \"gcs\"\n[storage.gcs]\nbucket = \"b\"\n")
+                .expect("parse");
+        let remote = gcs.storage.remote().expect("valid").expect("remote");
+        blobstore::BlobStore::remote(&remote).expect("a GCS store builds from config");
+
+        let azure: Config = toml::from_str(
+            "[storage]\nbackend = \"azure\"\n\
+             [storage.azure]\naccount = \"acct\"\ncontainer = \"blobs\"\naccess_key = \"a2V5\"\n",
+        )
+        .expect("parse");
+        let remote = azure.storage.remote().expect("valid").expect("remote");
+        blobstore::BlobStore::remote(&remote).expect("an Azure store builds from config");
+
+        let refusals = [
+            ("[storage]\nbackend = \"s3\"\n", "storage.s3.bucket"),
+            (
+                "[storage]\nbackend = \"azure\"\n[storage.azure]\naccount = \"a\"\n",
+                "storage.azure.container",
+            ),
+            ("[storage]\nredirect = \"5m\"\n", "object store"),
+        ];
+        for (text, expected) in refusals {
+            let config: Config = toml::from_str(text).expect("parse");
+            let err = config.storage.remote().expect_err(text).to_string();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+        assert_eq!(Config::default().storage.remote().expect("valid"), None);
     }
 
     #[test]

@@ -29,7 +29,7 @@ struct ServeDefaults {
 #[derive(Subcommand)]
 enum Command {
     /// Run the registry (the default when no command is given).
-    Serve(config::Overrides),
+    Serve(Box<config::Overrides>),
     #[command(flatten)]
     Client(cli::Command),
 }
@@ -37,7 +37,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let overrides = match cli.command {
-        Some(Command::Serve(overrides)) => overrides,
+        Some(Command::Serve(overrides)) => *overrides,
         Some(Command::Client(command)) => return run_client(command),
         None => ServeDefaults::parse_from(["bulwark"]).overrides,
     };

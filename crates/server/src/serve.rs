@@ -55,11 +55,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
 
     let (metadata, identity) = open_stores(&config).await?;
-    let blobs =
-        blobstore::BlobStore::local(&data_dir.join("storage")).context("opening blob storage")?;
+    let blobs = match config.storage.remote()? {
+        Some(settings) => blobstore::BlobStore::remote(&settings),
+        None => blobstore::BlobStore::local(&data_dir.join("storage")),
+    }
+    .context("opening blob storage")?;
+    tracing::info!("blobs in {}", blobs.description());
+    let redirect = config.storage.redirect.0;
     let limits = Limits {
         max_manifest_bytes: config.limits.max_manifest_bytes,
         upload_expiry: config.uploads.expiry.0,
+        blob_redirect: (!redirect.is_zero()).then_some(redirect),
     };
     bootstrap_admin(identity.as_ref(), data_dir, &config.auth.admin_user).await?;
     let settings = AccessSettings {
