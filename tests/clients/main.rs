@@ -13,5 +13,6 @@ mod buildah_podman;
 mod cli;
 mod lifecycle;
 mod postgres;
+mod scale_out;
 mod skopeo;
 mod tls;

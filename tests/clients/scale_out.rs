@@ -1,0 +1,364 @@
+//! Two `bulwark serve` replicas sharing one Postgres database and one S3-compatible store
+//! (SeaweedFS), with nothing else shared, as behind a load balancer: an upload moves between
+//! them, survives the replica it started on being killed, a tag moved on one is seen on the
+//! other at once, real clients push through one and pull through the other, and an object
+//! store outage answers 503 until the store is back.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use blobstore::testing::S3Server;
+use blobstore::{Backend, RemoteSettings};
+use metadata_postgres::testing::Cluster;
+use reqwest::Method;
+
+use crate::support::clients::{path_str, Clients};
+use crate::support::http::{Auth, Http};
+use crate::support::layout;
+use crate::support::server::{admin_creds, Server};
+use crate::support::{random_bytes, sha256_digest};
+
+const MIB: usize = 1024 * 1024;
+
+/// A configuration file putting blobs in the test's S3 bucket (credentials in the file, as an
+/// operator would keep them out of the process list).
+fn storage_config(dir: &Path, name: &str, settings: &RemoteSettings, extra: &str) -> PathBuf {
+    let Backend::S3(s3) = &settings.backend else {
+        panic!("the test store speaks S3");
+    };
+    let text = format!(
+        "[storage]\nbackend = \"s3\"\nprefix = \"{prefix}\"\n{extra}\n\
+         [storage.s3]\nbucket = \"{bucket}\"\nendpoint = \"{endpoint}\"\nregion = \"{region}\"\n\
+         access_key_id = \"{key}\"\nsecret_access_key = \"{secret}\"\n\
+         path_style = true\nallow_http = true\n",
+        prefix = settings.prefix.as_deref().unwrap_or_default(),
+        bucket = s3.bucket,
+        endpoint = s3.endpoint.as_deref().unwrap_or_default(),
+        region = s3.region.as_deref().unwrap_or_default(),
+        key = s3.access_key_id.as_deref().unwrap_or_default(),
+        secret = s3.secret_access_key.as_deref().unwrap_or_default(),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("write the configuration");
+    path
+}
+
+struct Replicas {
+    a: Server,
+    b: Server,
+    ca: Vec<u8>,
+}
+
+impl Replicas {
+    /// Starts A (which generates the TLS certificate), then B serving the same certificate,
+    /// as replicas behind one name do. B redirects blob GETs to presigned URLs.
+    fn start(url: &str, s3: &S3Server, dir: &Path) -> Replicas {
+        let settings = s3.settings();
+        let plain = storage_config(dir, "streaming", &settings, "");
+        let redirecting = storage_config(dir, "redirecting", &settings, "redirect = \"1m\"");
+        let a = Server::start_with(&["--postgres-url", url, "--config", path_str(&plain)]);
+        let tls = a.data_dir().join("tls");
+        let cert = tls.join("server.crt");
+        let key = tls.join("server.key");
+        let b = Server::start_with(&[
+            "--postgres-url",
+            url,
+            "--config",
+            path_str(&redirecting),
+            "--tls-cert",
+            path_str(&cert),
+            "--tls-key",
+            path_str(&key),
+        ]);
+        for server in [&a, &b] {
+            assert!(
+                server.log().contains("blobs in S3 bucket"),
+                "{}",
+                server.log()
+            );
+            assert!(
+                !server.log().contains(blobstore::testing::SECRET_KEY),
+                "the S3 secret must not be logged"
+            );
+        }
+        let ca = a.ca_pem();
+        Replicas { a, b, ca }
+    }
+
+    fn http(&self, server: &Server) -> Http {
+        Http::trusting(&format!("https://{}", server.host()), &self.ca).with_auth(Auth::admin())
+    }
+}
+
+#[test]
+fn two_replicas_on_postgres_and_s3_act_as_one_registry() {
+    let cluster = Cluster::start();
+    let mut s3 = S3Server::start();
+    let url = tokio::runtime::Runtime::new()
+        .expect("a runtime")
+        .block_on(cluster.create_database());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replicas = Replicas::start(&url, &s3, dir.path());
+
+    an_upload_moves_between_replicas(&replicas);
+    an_upload_survives_its_replica_being_killed(&mut replicas);
+    clients_push_through_one_replica_and_pull_through_the_other(&replicas);
+    an_object_store_outage_answers_503_until_it_is_back(&replicas, &mut s3);
+}
+
+fn an_upload_moves_between_replicas(replicas: &Replicas) {
+    let on_a = replicas.http(&replicas.a);
+    let on_b = replicas.http(&replicas.b);
+    let blob = random_bytes(13 * MIB + 5);
+    let digest = sha256_digest(&blob);
+    let location = on_a.start_upload("team/shared");
+    let cuts = [0, 6 * MIB, 10 * MIB, 13 * MIB, blob.len()];
+    for (n, window) in cuts.windows(2).enumerate() {
+        // Chunks alternate between the replicas: A, B, A, B.
+        let http = if n % 2 == 0 { &on_a } else { &on_b };
+        let reply = http.patch_upload(&location, window[0], &blob[window[0]..window[1]]);
+        assert_eq!(reply.status, 202, "chunk {n}: {reply:?}");
+        let status = if n % 2 == 0 { &on_b } else { &on_a }.get(&location);
+        assert_eq!(
+            status.header("range"),
+            format!("0-{}", window[1] - 1),
+            "the other replica sees chunk {n} at once"
+        );
+    }
+    let finished = on_a.finish_upload(&location, &digest);
+    assert_eq!(finished.status, 201, "{finished:?}");
+    assert!(
+        on_a.blob("team/shared", &digest) == blob,
+        "A serves the blob"
+    );
+    // B redirects to a presigned URL on the store; reqwest follows it, as clients do.
+    assert!(
+        on_b.blob("team/shared", &digest) == blob,
+        "B serves the blob"
+    );
+    let raw = on_b.runtime().block_on(async {
+        let client = reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(&replicas.ca).expect("the CA parses"),
+            )
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("a client");
+        client
+            .get(on_b.url(&format!("/v2/team/shared/blobs/{digest}")))
+            .basic_auth(
+                crate::support::server::ADMIN_USER,
+                Some(crate::support::server::ADMIN_PASSWORD),
+            )
+            .send()
+            .await
+            .expect("GET the blob without following redirects")
+    });
+    assert_eq!(raw.status().as_u16(), 307, "B answers with a redirect");
+    let target = raw
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        target.contains("X-Amz-Signature=") && target.contains(&digest[7..]),
+        "a presigned URL for the blob: {target}"
+    );
+}
+
+fn an_upload_survives_its_replica_being_killed(replicas: &mut Replicas) {
+    const CHUNK: usize = 256 * 1024;
+    let blob = random_bytes(9 * MIB + 3);
+    let digest = sha256_digest(&blob);
+    let acknowledged = 3 * MIB;
+    let on_a = replicas.http(&replicas.a);
+    let location = on_a.start_upload("team/killed");
+    let first = on_a.patch_upload(&location, 0, &blob[..acknowledged]);
+    assert_eq!(first.status, 202, "{first:?}");
+
+    // The next chunk streams slowly into A; A dies half-way through it.
+    let (streaming, streaming_heard) = std::sync::mpsc::channel();
+    let chunks: Vec<Vec<u8>> = blob[acknowledged..]
+        .chunks(CHUNK)
+        .map(<[u8]>::to_vec)
+        .collect();
+    let body = futures_util::stream::unfold(0usize, move |n| {
+        let streaming = streaming.clone();
+        let chunk = chunks.get(n).cloned();
+        async move {
+            let chunk = chunk?;
+            if n == 4 {
+                let _ = streaming.send(());
+            }
+            if n >= 4 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Some((Ok::<_, std::io::Error>(chunk), n + 1))
+        }
+    });
+    let request = on_a
+        .request(Method::PATCH, &location)
+        .header("content-type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(body));
+    let in_flight = on_a.runtime().spawn(async move { request.send().await });
+    streaming_heard
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the chunk started streaming");
+    replicas.a.kill_9();
+    let outcome = on_a
+        .runtime()
+        .block_on(in_flight)
+        .expect("the request task");
+    assert!(
+        outcome.is_err(),
+        "the chunk in flight on the killed replica failed: {outcome:?}"
+    );
+
+    // The client carries on through B from the last acknowledged byte.
+    let on_b = replicas.http(&replicas.b);
+    let status = on_b.get(&location);
+    assert_eq!(status.status, 204, "{status:?}");
+    assert_eq!(status.header("range"), format!("0-{}", acknowledged - 1));
+    let rest = on_b.patch_upload(&location, acknowledged, &blob[acknowledged..]);
+    assert_eq!(rest.status, 202, "{rest:?}");
+    let finished = on_b.finish_upload(&location, &digest);
+    assert_eq!(finished.status, 201, "{finished:?}");
+    assert!(on_b.blob("team/killed", &digest) == blob);
+
+    replicas.a.restart();
+    let on_a = replicas.http(&replicas.a);
+    assert!(
+        on_a.blob("team/killed", &digest) == blob,
+        "A, back, serves it"
+    );
+}
+
+fn clients_push_through_one_replica_and_pull_through_the_other(replicas: &Replicas) {
+    let certs = tempfile::tempdir().expect("certs dir");
+    std::fs::write(certs.path().join("ca.crt"), &replicas.ca).expect("write ca.crt");
+    let certs = path_str(certs.path());
+    let clients = Clients::new();
+    let (first, first_image) = layout::single_image(&clients.scratch("v1"), "scale-v1", "v1");
+    let (second, second_image) = layout::single_image(&clients.scratch("v2"), "scale-v2", "v2");
+    let on_a = format!("docker://{}/team/app:latest", replicas.a.host());
+    let on_b = format!("docker://{}/team/app:latest", replicas.b.host());
+    let inspect = |remote: &str| {
+        let raw = clients
+            .skopeo([
+                "inspect",
+                "--raw",
+                "--cert-dir",
+                certs,
+                "--creds",
+                &admin_creds(),
+                remote,
+            ])
+            .stdout;
+        sha256_digest(&raw)
+    };
+
+    clients.skopeo([
+        "copy",
+        "--dest-cert-dir",
+        certs,
+        "--dest-creds",
+        &admin_creds(),
+        &first.reference("v1"),
+        &on_a,
+    ]);
+    assert_eq!(
+        inspect(&on_b),
+        first_image.descriptor.digest,
+        "pushed on A, seen on B"
+    );
+    clients.skopeo([
+        "copy",
+        "--dest-cert-dir",
+        certs,
+        "--dest-creds",
+        &admin_creds(),
+        &second.reference("v2"),
+        &on_b,
+    ]);
+    assert_eq!(
+        inspect(&on_a),
+        second_image.descriptor.digest,
+        "the tag moved on B is seen on A at once"
+    );
+
+    // A full pull through B (blobs redirected to the store) and through A (streamed);
+    // skopeo checks every blob's digest as it copies.
+    for (name, remote) in [("pull-b", &on_b), ("pull-a", &on_a)] {
+        let target = clients.scratch(name);
+        clients.skopeo([
+            "copy",
+            "--src-cert-dir",
+            certs,
+            "--src-creds",
+            &admin_creds(),
+            remote,
+            &format!("dir:{}", path_str(&target)),
+        ]);
+        for layer in &second_image.layers {
+            let file = target.join(&layer.digest[7..]);
+            let bytes = std::fs::read(&file)
+                .unwrap_or_else(|err| panic!("{name}: layer {}: {err}", file.display()));
+            assert_eq!(sha256_digest(&bytes), layer.digest, "{name}");
+        }
+    }
+}
+
+fn an_object_store_outage_answers_503_until_it_is_back(replicas: &Replicas, s3: &mut S3Server) {
+    let on_a = replicas.http(&replicas.a);
+    let blob = random_bytes(64 * 1024);
+    let digest = sha256_digest(&blob);
+    let location = on_a.start_upload("team/outage");
+    assert_eq!(
+        on_a.send(
+            Method::PUT,
+            &format!("{location}?digest={digest}"),
+            &[("content-type", "application/octet-stream")],
+            blob.clone(),
+        )
+        .status,
+        201
+    );
+
+    s3.stop();
+    let down = on_a.get(&format!("/v2/team/outage/blobs/{digest}"));
+    assert_eq!(down.status, 503, "{down:?}");
+    assert!(!down.header("retry-after").is_empty(), "{down:?}");
+    let push = on_a.start_upload("team/outage");
+    let refused = on_a.send(
+        Method::PUT,
+        &format!("{push}?digest={}", sha256_digest(b"during the outage")),
+        &[("content-type", "application/octet-stream")],
+        b"during the outage".to_vec(),
+    );
+    assert_eq!(refused.status, 503, "a push during the outage: {refused:?}");
+    // Metadata still answers: the manifest and tag APIs need no blob bytes.
+    assert_eq!(on_a.get("/v2/team/app/tags/list").status, 200);
+
+    s3.resume();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let reply = on_a.get(&format!("/v2/team/outage/blobs/{digest}"));
+        if reply.status == 200 {
+            assert!(
+                reply.body == blob,
+                "the blob acknowledged before the outage is intact"
+            );
+            break;
+        }
+        assert_eq!(
+            reply.status, 503,
+            "only 503 while the store comes back: {reply:?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the registry did not recover by itself"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
