@@ -2,7 +2,8 @@
 //! (SeaweedFS), with nothing else shared, as behind a load balancer: an upload moves between
 //! them, survives the replica it started on being killed, a tag moved on one is seen on the
 //! other at once, real clients push through one and pull through the other, and an object
-//! store outage answers 503 until the store is back.
+//! store outage answers 503 until the store is back. A single node moves to that setup with
+//! `bulwark import-node`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -12,10 +13,10 @@ use blobstore::{Backend, RemoteSettings};
 use metadata_postgres::testing::Cluster;
 use reqwest::Method;
 
-use crate::support::clients::{path_str, Clients};
+use crate::support::clients::{path_str, run, run_failing, stdout_text, Clients};
 use crate::support::http::{Auth, Http};
 use crate::support::layout;
-use crate::support::server::{admin_creds, Server};
+use crate::support::server::{admin_creds, binary, Server};
 use crate::support::{random_bytes, sha256_digest};
 
 const MIB: usize = 1024 * 1024;
@@ -361,4 +362,95 @@ fn an_object_store_outage_answers_503_until_it_is_back(replicas: &Replicas, s3: 
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+#[test]
+fn a_single_node_moves_to_postgres_and_s3_with_import_node() {
+    let mut single = Server::start();
+    let certs = single.certs_dir();
+    let clients = Clients::new();
+    let (layout, image) = layout::single_image(&clients.scratch("single"), "moving", "v1");
+    clients.skopeo([
+        "copy",
+        "--dest-cert-dir",
+        path_str(certs.path()),
+        "--dest-creds",
+        &admin_creds(),
+        &layout.reference("v1"),
+        &format!("docker://{}/team/moving:v1", single.host()),
+    ]);
+    let created = Http::new(&single).send_json(
+        Method::POST,
+        "/api/v1/users",
+        &serde_json::json!({ "name": "pat", "password": "pat moves along" }),
+    );
+    assert_eq!(created.status, 201, "{created:?}");
+    single.kill_9();
+
+    let cluster = Cluster::start();
+    let s3 = S3Server::start();
+    let url = tokio::runtime::Runtime::new()
+        .expect("a runtime")
+        .block_on(cluster.create_database());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = storage_config(dir.path(), "scale-out", &s3.settings(), "");
+    let import = |expect_success: bool| {
+        let mut command = std::process::Command::new(binary());
+        command
+            .args(["import-node", "--from"])
+            .arg(single.data_dir())
+            .args(["--postgres-url", &url, "--config", path_str(&config)]);
+        if expect_success {
+            run(&mut command)
+        } else {
+            run_failing(&mut command)
+        }
+    };
+    let said = stdout_text(&import(true));
+    assert!(said.contains("copied") && said.contains("users"), "{said}");
+
+    let replica = Server::start_with(&["--postgres-url", &url, "--config", path_str(&config)]);
+    let certs = replica.certs_dir();
+    let remote = format!("docker://{}/team/moving:v1", replica.host());
+    let raw = clients
+        .skopeo([
+            "inspect",
+            "--raw",
+            "--cert-dir",
+            path_str(certs.path()),
+            "--creds",
+            &admin_creds(),
+            &remote,
+        ])
+        .stdout;
+    assert_eq!(
+        sha256_digest(&raw),
+        image.descriptor.digest,
+        "the image moved"
+    );
+    let pulled = clients.scratch("pulled");
+    clients.skopeo([
+        "copy",
+        "--src-cert-dir",
+        path_str(certs.path()),
+        "--src-creds",
+        &admin_creds(),
+        &remote,
+        &format!("dir:{}", path_str(&pulled)),
+    ]);
+    for layer in &image.layers {
+        let bytes = std::fs::read(pulled.join(&layer.digest[7..])).expect("layer pulled");
+        assert_eq!(sha256_digest(&bytes), layer.digest, "its blobs moved");
+    }
+    let token = Http::anonymous(&replica)
+        .with_auth(Auth::basic("pat", "pat moves along"))
+        .get("/auth/token?service=bulwark");
+    assert_eq!(token.status, 200, "pat's password moved: {token:?}");
+
+    let refused = import(false);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("already holds"),
+        "a second import never merges: {}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 }

@@ -34,7 +34,7 @@ use bytes::Bytes;
 use futures_util::stream::{BoxStream, Stream, StreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{GetOptions, GetRange, GetResultPayload, ObjectStore};
+use object_store::{GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt};
 use oci::{ByteRange, Digest};
 use tokio::io::AsyncSeekExt;
 
@@ -76,6 +76,19 @@ fn blob_path(digest: &Digest) -> Path {
         &hex[..2],
         hex
     ))
+}
+
+/// The digest a `blobs/<algorithm>/<xx>/<hex>` path names.
+fn digest_of_path(path: &Path) -> Option<Digest> {
+    let parts: Vec<_> = path.parts().collect();
+    match parts.as_slice() {
+        [root, algorithm, _, hex] if root.as_ref() == "blobs" => {
+            format!("{}:{}", algorithm.as_ref(), hex.as_ref())
+                .parse()
+                .ok()
+        }
+        _ => None,
+    }
 }
 
 pub struct BlobStore {
@@ -282,6 +295,57 @@ impl BlobStore {
             Staging::Local(local) => local.abort(session).await,
             Staging::Remote(remote) => remote.abort(session, &state.staged).await,
         }
+    }
+
+    /// Copies every committed blob into `target` (a single node's disk into an object store),
+    /// checking each blob's digest on the way; blobs `target` already holds are skipped, so an
+    /// interrupted copy resumes. Returns how many blobs and bytes were copied.
+    pub async fn copy_blobs_into(&self, target: &BlobStore) -> Result<(u64, u64), Error> {
+        use futures_util::TryStreamExt;
+        let mut listing = self.objects.list(Some(&Path::from("blobs")));
+        let (mut blobs, mut bytes) = (0, 0);
+        while let Some(meta) = listing.try_next().await.map_err(|e| self.failure(e))? {
+            let Some(digest) = digest_of_path(&meta.location) else {
+                tracing::warn!(path = %meta.location, "skipping {}: not a blob path", meta.location);
+                continue;
+            };
+            match target.objects.head(&meta.location).await {
+                Ok(existing) if existing.size == meta.size => continue,
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(err) => return Err(target.failure(err)),
+            }
+            // Hash first, so a damaged blob is never uploaded under its digest.
+            let mut hash = Sha256State::new();
+            let mut stream = self.read(&digest, None).await?.stream;
+            while let Some(chunk) = stream.try_next().await? {
+                hash.update(&chunk);
+            }
+            if hash.finish() != digest {
+                return Err(Error::Storage(format!(
+                    "{} does not hold the bytes of {digest}; not copied",
+                    meta.location
+                )));
+            }
+            let upload = target
+                .objects
+                .put_multipart(&meta.location)
+                .await
+                .map_err(|e| target.failure(e))?;
+            let mut writer =
+                object_store::WriteMultipart::new_with_chunk_size(upload, remote::MIN_PART_SIZE);
+            let mut stream = self.read(&digest, None).await?.stream;
+            while let Some(chunk) = stream.try_next().await? {
+                writer
+                    .wait_for_capacity(4)
+                    .await
+                    .map_err(|e| target.failure(e))?;
+                writer.put(chunk);
+            }
+            writer.finish().await.map_err(|e| target.failure(e))?;
+            blobs += 1;
+            bytes += meta.size;
+        }
+        Ok((blobs, bytes))
     }
 
     /// Best effort, after a session moved from state `from` to `to` (or failed to): removes

@@ -74,6 +74,7 @@ async fn uploads_on_a_real_s3_server() {
     a_failed_chunk_changes_nothing_recorded(&server).await;
     a_racing_request_cannot_slip_its_bytes_into_the_blob(&server).await;
     a_wrong_digest_removes_everything_staged(&server).await;
+    a_single_node_copies_its_blobs_into_the_bucket(&server).await;
     an_outage_is_reported_as_unavailable(server).await;
 }
 
@@ -291,6 +292,46 @@ async fn a_wrong_digest_removes_everything_staged(server: &S3Server) {
     assert!(matches!(
         store.read(&digest_of(&bytes), None).await,
         Err(Error::Missing(_))
+    ));
+}
+
+async fn a_single_node_copies_its_blobs_into_the_bucket(server: &S3Server) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let local = BlobStore::local(dir.path()).expect("local store");
+    let mut digests = Vec::new();
+    for (n, len) in [0usize, 1000, MIN_PART_SIZE + 7].into_iter().enumerate() {
+        let bytes = data(len, 20 + n as u8);
+        let finishing = local
+            .finish(&format!("copy-{n}"), 0, &UploadState::new(), body(&bytes))
+            .await
+            .expect("finish");
+        digests.push((finishing.digest.clone(), bytes));
+        local.commit(finishing).await.expect("commit");
+    }
+    let remote = BlobStore::remote(&server.settings()).expect("store");
+    let (blobs, bytes) = local.copy_blobs_into(&remote).await.expect("copy");
+    assert_eq!((blobs, bytes), (3, 1000 + MIN_PART_SIZE as u64 + 7));
+    for (digest, bytes) in &digests {
+        assert_eq!(&read_all(&remote, digest).await, bytes);
+    }
+    assert_eq!(
+        local.copy_blobs_into(&remote).await.expect("copy again"),
+        (0, 0),
+        "a second run copies nothing"
+    );
+
+    // A blob whose bytes rotted on disk is refused, not uploaded under its digest.
+    let (digest, _) = &digests[1];
+    let hex = digest.hex();
+    std::fs::write(
+        dir.path().join(format!("blobs/sha256/{}/{hex}", &hex[..2])),
+        b"rotten",
+    )
+    .expect("damage a blob");
+    let other = BlobStore::remote(&server.settings()).expect("store");
+    assert!(matches!(
+        local.copy_blobs_into(&other).await,
+        Err(Error::Storage(ref text)) if text.contains("does not hold")
     ));
 }
 

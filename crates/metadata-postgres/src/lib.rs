@@ -19,9 +19,12 @@
 //! - Names, tags and digests are `COLLATE "C"`: listings order bytewise, like SQLite.
 
 mod identity;
+mod import;
 /// A throwaway cluster for tests of this crate and of the binary (feature `testing`).
 #[cfg(feature = "testing")]
 pub mod testing;
+
+pub use import::Imported;
 
 use std::str::FromStr;
 use std::time::Duration;

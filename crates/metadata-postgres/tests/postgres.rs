@@ -102,3 +102,157 @@ async fn a_lost_database_is_unavailable_not_internal() {
         Ok(_) => panic!("opened a store on a stopped server"),
     }
 }
+
+#[tokio::test]
+async fn a_single_node_database_imports_into_an_empty_postgres() {
+    use metadata::identity::{AuditEvent, AuditFilter, ProjectRecord, RobotRecord, UserRecord};
+    use metadata::ManifestCommit;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("metadata.db");
+    let repo: RepositoryName = "team/app".parse().expect("valid");
+    let layer = Digest::sha256_from_bytes(&[1; 32]);
+    let manifest = Digest::sha256_from_bytes(&[2; 32]);
+    let tag: oci::Tag = "v1".parse().expect("valid");
+    let user = UserRecord {
+        name: "alice".into(),
+        password_hash: "$argon2id$v=19$stored".into(),
+        admin: true,
+        disabled: false,
+        created_at: 10,
+    };
+    let robot = RobotRecord {
+        name: "robot$team+ci".into(),
+        project: Some("team".into()),
+        description: Some("ci".into()),
+        grants: "[]".into(),
+        expires_at: 99,
+        revoked: true,
+        created_at: 11,
+        last_used_at: None,
+    };
+    let key = SigningKeyRecord {
+        kid: "k1".into(),
+        pem: "pem".into(),
+        created_at: 12,
+    };
+    {
+        let single = metadata_sqlite::SqliteStore::open(&path)
+            .await
+            .expect("open SQLite");
+        single.link_blob(&repo, &layer, 7, 1).await.expect("link");
+        single
+            .commit_manifest(ManifestCommit {
+                repository: &repo,
+                digest: &manifest,
+                media_type: oci::media_type::OCI_MANIFEST,
+                body: b"{\"schemaVersion\":2}",
+                artifact_type: None,
+                subject: None,
+                annotations: None,
+                blobs: vec![layer.clone()],
+                children: Vec::new(),
+                tag: Some(&tag),
+                now: 2,
+            })
+            .await
+            .expect("manifest");
+        single.create_user(&user).await.expect("user");
+        let project = ProjectRecord {
+            name: "team".into(),
+            public: true,
+            created_at: 3,
+        };
+        single.create_project(&project).await.expect("project");
+        single
+            .set_member("team", "alice", "owner")
+            .await
+            .expect("member");
+        single.create_robot(&robot, "hash").await.expect("robot");
+        assert!(single.revoke_robot(&robot.name).await.expect("revoke"));
+        single.add_first_signing_key(&key).await.expect("key");
+        single
+            .record_audit(&AuditEvent {
+                time: 4,
+                principal: "user:alice".into(),
+                action: "push".into(),
+                target: "team/app".into(),
+                result: "allowed".into(),
+                reason: None,
+                client: Some("127.0.0.1".into()),
+            })
+            .await
+            .expect("audit");
+        single.close().await;
+    }
+
+    let cluster = Cluster::start();
+    let store = cluster.store().await;
+    let imported = store.import_sqlite(&path).await.expect("import");
+    let count = |table: &str| {
+        imported
+            .tables
+            .iter()
+            .find(|(name, _)| *name == table)
+            .map(|(_, n)| *n)
+    };
+    assert_eq!(
+        (
+            count("repositories"),
+            count("manifests"),
+            count("tags"),
+            count("users")
+        ),
+        (Some(1), Some(1), Some(1), Some(1))
+    );
+
+    assert_eq!(store.blob_size(&repo, &layer).await.expect("blob"), Some(7));
+    let served = store
+        .manifest_by_tag(&repo, &tag)
+        .await
+        .expect("tag")
+        .expect("tagged");
+    assert_eq!(served.digest, manifest);
+    assert_eq!(store.user("alice").await.expect("user"), Some(user));
+    assert_eq!(store.robot(&robot.name).await.expect("robot"), Some(robot));
+    assert_eq!(store.signing_keys().await.expect("keys"), vec![key]);
+    assert!(
+        store
+            .project("team")
+            .await
+            .expect("project")
+            .expect("exists")
+            .public
+    );
+    let audit = store
+        .audit(&AuditFilter {
+            limit: 10,
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("audit");
+    assert_eq!(audit.len(), 1);
+
+    // New records get fresh ids after the imported ones.
+    store
+        .create_user(&UserRecord {
+            name: "bob".into(),
+            password_hash: "x".into(),
+            admin: false,
+            disabled: false,
+            created_at: 20,
+        })
+        .await
+        .expect("a new user after the import");
+    store
+        .set_member("team", "bob", "reader")
+        .await
+        .expect("member");
+
+    let again = store.import_sqlite(&path).await;
+    assert!(
+        matches!(again, Err(Error::Conflict(ref text)) if text.contains("already holds")),
+        "an import never merges: {again:?}"
+    );
+    store.close().await;
+}

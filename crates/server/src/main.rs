@@ -7,6 +7,7 @@
 
 mod cli;
 mod config;
+mod import;
 mod serve;
 mod tls;
 
@@ -30,6 +31,8 @@ struct ServeDefaults {
 enum Command {
     /// Run the registry (the default when no command is given).
     Serve(Box<config::Overrides>),
+    /// Copy a single node's blobs and metadata into an object store and Postgres.
+    ImportNode(Box<import::ImportArgs>),
     #[command(flatten)]
     Client(cli::Command),
 }
@@ -39,6 +42,12 @@ fn main() -> std::process::ExitCode {
     let overrides = match cli.command {
         Some(Command::Serve(overrides)) => *overrides,
         Some(Command::Client(command)) => return run_client(command),
+        Some(Command::ImportNode(args)) => {
+            return block_on(
+                tokio::runtime::Builder::new_multi_thread(),
+                import::run(*args),
+            )
+        }
         None => ServeDefaults::parse_from(["bulwark"]).overrides,
     };
     let config = match config::Config::load(&overrides) {
