@@ -658,6 +658,32 @@ mod tests {
     }
 
     #[test]
+    fn the_compose_file_sets_only_variables_bulwark_reads() {
+        let command = <Overrides as clap::Args>::augment_args(clap::Command::new("serve"));
+        let known: Vec<String> = command
+            .get_arguments()
+            .filter_map(|arg| arg.get_env())
+            .map(|env| env.to_string_lossy().into_owned())
+            .chain(["BULWARK_ADMIN_PASSWORD".to_owned()])
+            .collect();
+        let compose = include_str!("../../../docker-compose.yml");
+        let used: Vec<&str> = compose
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| word.starts_with("BULWARK_"))
+            .collect();
+        assert!(
+            used.len() > 5,
+            "the compose file configures bulwark: {used:?}"
+        );
+        for variable in used {
+            assert!(
+                known.iter().any(|k| k == variable),
+                "docker-compose.yml sets {variable}, which bulwark does not read"
+            );
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let err = toml::from_str::<Config>("listne = \"x\"").expect_err("typo must fail");
         assert!(err.to_string().contains("listne"));

@@ -1,0 +1,20 @@
+# The bulwark binary in a small Debian image. Used by docker-compose.yml; build with
+#   docker build -t bulwark .
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin bulwark
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --home /var/lib/bulwark --create-home bulwark
+COPY --from=build /src/target/release/bulwark /usr/local/bin/bulwark
+USER bulwark
+ENV BULWARK_DATA_DIR=/var/lib/bulwark \
+    BULWARK_LISTEN=0.0.0.0:5000
+VOLUME /var/lib/bulwark
+EXPOSE 5000
+ENTRYPOINT ["bulwark"]
+CMD ["serve"]
