@@ -1,20 +1,29 @@
-//! bulwark with its metadata in Postgres (a throwaway cluster the test starts): skopeo pushes
-//! an image, a user made through the admin API logs in, and after a restart the server still
-//! serves the image and knows the user, because everything but the bytes lives in Postgres.
+//! bulwark with its metadata in Postgres (a throwaway cluster the test starts), migrated with
+//! `bulwark migrate` as an operator would: skopeo pushes an image, a user made through the
+//! admin API logs in, and after a restart the server still serves the image and knows the
+//! user, because everything but the bytes lives in Postgres. `serve` refuses a database that
+//! was never migrated.
 
 use metadata_postgres::testing::Cluster;
 
 use crate::support::clients::{path_str, Clients};
 use crate::support::http::Http;
 use crate::support::layout;
-use crate::support::server::{admin_creds, creds, Server};
+use crate::support::server::{self, admin_creds, creds, Server};
 use crate::support::sha256_digest;
 
-#[test]
-fn skopeo_pushes_and_pulls_with_metadata_in_postgres_across_a_restart() {
+/// A cluster with one empty database, and that database's URL.
+fn database() -> (Cluster, String) {
     let cluster = Cluster::start();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     let url = runtime.block_on(cluster.create_database());
+    (cluster, url)
+}
+
+#[test]
+fn skopeo_pushes_and_pulls_with_metadata_in_postgres_across_a_restart() {
+    let (_cluster, url) = database();
+    server::migrate(&["--postgres-url", &url]);
     let mut server = Server::start_with(&["--postgres-url", &url]);
     assert!(
         server.log().contains("metadata in Postgres"),
@@ -84,5 +93,41 @@ fn skopeo_pushes_and_pulls_with_metadata_in_postgres_across_a_restart() {
     assert!(
         said.contains("denied") || said.contains("403"),
         "pat exists after the restart (authenticated, but not a member of team): {said}"
+    );
+}
+
+#[test]
+fn serve_refuses_an_unmigrated_postgres_database_until_bulwark_migrate() {
+    let (_cluster, url) = database();
+    let migrations = metadata_postgres::migrations();
+    assert!(!migrations.is_empty());
+
+    let (status, log) = Server::refused(&["--postgres-url", &url]);
+    assert!(!status.success(), "serve exited with {status}:\n{log}");
+    assert!(
+        log.contains("run `bulwark migrate`") || log.contains("Run `bulwark migrate`"),
+        "the refusal tells the operator what to do:\n{log}"
+    );
+    for migration in &migrations {
+        assert!(
+            log.contains(&migration.to_string()),
+            "the refusal names the missing migration {migration}:\n{log}"
+        );
+    }
+    assert!(!log.contains(&url), "the database URL must not be printed");
+
+    let printed = server::migrate(&["--postgres-url", &url]);
+    for migration in &migrations {
+        assert!(
+            printed.contains(&format!("applied {migration}")),
+            "migrate reports {migration}:\n{printed}"
+        );
+    }
+    let server = Server::start_with(&["--postgres-url", &url]);
+    assert_eq!(Http::new(&server).get("/v2/").status, 200);
+    let again = server::migrate(&["--postgres-url", &url]);
+    assert!(
+        again.contains("nothing to apply") && !again.contains("applied "),
+        "a second migrate applies nothing:\n{again}"
     );
 }

@@ -16,7 +16,7 @@ use reqwest::Method;
 use crate::support::clients::{path_str, run, run_failing, stdout_text, Clients};
 use crate::support::http::{Auth, Http};
 use crate::support::layout;
-use crate::support::server::{admin_creds, binary, Server};
+use crate::support::server::{self, admin_creds, binary, Server};
 use crate::support::{random_bytes, sha256_digest};
 
 const MIB: usize = 1024 * 1024;
@@ -98,6 +98,8 @@ fn two_replicas_on_postgres_and_s3_act_as_one_registry() {
     let url = tokio::runtime::Runtime::new()
         .expect("a runtime")
         .block_on(cluster.create_database());
+    // As an operator does before starting the replicas: they never migrate Postgres.
+    server::migrate(&["--postgres-url", &url]);
     let dir = tempfile::tempdir().expect("temp dir");
     let mut replicas = Replicas::start(&url, &s3, dir.path());
 
@@ -394,6 +396,7 @@ fn a_single_node_moves_to_postgres_and_s3_with_import_node() {
         .block_on(cluster.create_database());
     let dir = tempfile::tempdir().expect("temp dir");
     let config = storage_config(dir.path(), "scale-out", &s3.settings(), "");
+    server::migrate(&["--postgres-url", &url]);
     let import = |expect_success: bool| {
         let mut command = std::process::Command::new(binary());
         command

@@ -14,8 +14,11 @@
 //! - Losing the database (refused connection, pool timeout, server shutting down) is
 //!   `Error::Unavailable`, which the API answers with 503; a unique violation is
 //!   `Error::Conflict`; anything else is `Error::Internal`.
-//! - The schema is `migrations/postgres` (same versions as `migrations/sqlite`), applied at
-//!   `open`; sqlx holds an advisory lock while migrating, so replicas may start together.
+//! - The schema is `migrations/postgres` (same versions as `migrations/sqlite`). `connect`
+//!   never changes it: `migrate` applies what is pending (`bulwark migrate`), under sqlx's
+//!   advisory lock so concurrent runs apply each migration once, and refuses a database that a
+//!   newer or different release migrated; `schema` only reads, so `serve` can refuse a schema
+//!   that is not exactly its own.
 //! - Names, tags and digests are `COLLATE "C"`: listings order bytewise, like SQLite.
 
 mod identity;
@@ -30,13 +33,15 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use metadata::schema::{AppliedMigration, Migration, MigrationRun, SchemaCheck};
 use metadata::{
     Error, ManifestCommit, ManifestRecord, MetadataStore, PageRequest, Referrer, Timestamp,
     UploadId, UploadRecord,
 };
 use oci::{Digest, RepositoryName, Tag};
+use sqlx::migrate::{Migrate, MigrateError};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{PgPool, Row};
+use sqlx::{Connection, PgConnection, PgPool, Row};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 
@@ -101,10 +106,60 @@ fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+fn migration_failed(err: MigrateError) -> Error {
+    match err {
+        MigrateError::Execute(err) => match backend(err) {
+            Error::Unavailable(reason) => Error::Unavailable(reason),
+            other => Error::Internal(format!("applying migrations: {other}")),
+        },
+        other => Error::Internal(format!("applying migrations: {other}")),
+    }
+}
+
+/// The migrations this binary carries, in version order.
+pub fn migrations() -> Vec<Migration> {
+    MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| Migration {
+            version: m.version,
+            description: m.description.to_string(),
+            checksum: m.checksum.to_vec(),
+        })
+        .collect()
+}
+
+/// What the database recorded as applied. Only reads: a database never migrated has no
+/// `_sqlx_migrations` table (sqlx's record of applied migrations), and checking does not
+/// create one.
+async fn applied_migrations(conn: &mut PgConnection) -> Result<Vec<AppliedMigration>, Error> {
+    let recorded: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(backend)?;
+    if !recorded {
+        return Ok(Vec::new());
+    }
+    let rows =
+        sqlx::query("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(backend)?;
+    Ok(rows
+        .iter()
+        .map(|row| AppliedMigration {
+            version: row.get("version"),
+            checksum: row.get("checksum"),
+            success: row.get("success"),
+        })
+        .collect())
+}
+
 impl PostgresStore {
-    /// Connects to the database at `url` (`postgres://user:password@host:port/database`) and
-    /// applies pending migrations. The URL is never echoed in errors: it may hold a password.
-    pub async fn open(url: &str, settings: PoolSettings) -> Result<PostgresStore, Error> {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/database`,
+    /// with `sslmode` and `sslrootcert` as libpq reads them) without touching its schema:
+    /// see `schema` and `migrate`. The URL is never echoed in errors: it may hold a password.
+    pub async fn connect(url: &str, settings: PoolSettings) -> Result<PostgresStore, Error> {
         let options = PgConnectOptions::from_str(url)
             .map_err(|_| Error::Internal("the Postgres URL does not parse".into()))?
             .application_name("bulwark");
@@ -114,14 +169,50 @@ impl PostgresStore {
             .connect_with(options)
             .await
             .map_err(backend)?;
-        MIGRATOR.run(&pool).await.map_err(|err| match err {
-            sqlx::migrate::MigrateError::Execute(err) => match backend(err) {
-                Error::Unavailable(reason) => Error::Unavailable(reason),
-                other => Error::Internal(format!("applying migrations: {other}")),
-            },
-            other => Error::Internal(format!("applying migrations: {other}")),
-        })?;
         Ok(PostgresStore { pool })
+    }
+
+    /// How the database's schema compares with this binary's migrations. Changes nothing.
+    pub async fn schema(&self) -> Result<SchemaCheck, Error> {
+        let mut conn = self.pool.acquire().await.map_err(backend)?;
+        let applied = applied_migrations(&mut conn).await?;
+        Ok(SchemaCheck::compare(&migrations(), &applied))
+    }
+
+    /// Applies the migrations the database lacks, each in its own transaction, and says which;
+    /// refuses (applying nothing) when the database holds migrations this binary does not
+    /// know, knows otherwise, or saw fail.
+    ///
+    /// The whole run holds sqlx's advisory lock, so of several runs at once (replicas, or an
+    /// operator and a deploy job) each migration is applied by exactly one, and the others
+    /// report that they applied nothing.
+    pub async fn migrate(&self) -> Result<MigrationRun, Error> {
+        // The lock belongs to the session: a detached connection is closed when dropped, so an
+        // error below releases the lock instead of returning a locked connection to the pool.
+        let mut conn = self.pool.acquire().await.map_err(backend)?.detach();
+        conn.lock().await.map_err(migration_failed)?;
+        conn.ensure_migrations_table()
+            .await
+            .map_err(migration_failed)?;
+        let check = SchemaCheck::compare(&migrations(), &applied_migrations(&mut conn).await?);
+        if !check.is_migratable() {
+            return Ok(MigrationRun::Refused(check));
+        }
+        let mut applied = Vec::with_capacity(check.pending.len());
+        for pending in check.pending {
+            let Some(migration) = MIGRATOR
+                .iter()
+                .find(|m| m.version == pending.version && !m.migration_type.is_down_migration())
+            else {
+                return Err(Error::Internal(format!("migration {pending} vanished")));
+            };
+            conn.apply(migration).await.map_err(migration_failed)?;
+            tracing::info!(version = pending.version, "applied migration {pending}");
+            applied.push(pending);
+        }
+        conn.unlock().await.map_err(migration_failed)?;
+        conn.close().await.map_err(backend)?;
+        Ok(MigrationRun::Applied(applied))
     }
 
     pub async fn close(&self) {

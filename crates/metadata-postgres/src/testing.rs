@@ -15,6 +15,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::{PoolSettings, PostgresStore};
+use metadata::schema::MigrationRun;
 use sqlx::Connection;
 
 const SYSTEM_USER: &str = "postgres";
@@ -158,9 +159,13 @@ impl Cluster {
     /// A store on a new, empty database, with its migrations applied.
     pub async fn store(&self) -> PostgresStore {
         let url = self.create_database().await;
-        PostgresStore::open(&url, PoolSettings::default())
+        let store = PostgresStore::connect(&url, PoolSettings::default())
             .await
-            .expect("open the Postgres store")
+            .expect("connect to the Postgres store");
+        match store.migrate().await.expect("migrate") {
+            MigrationRun::Applied(_) => store,
+            MigrationRun::Refused(check) => panic!("a new database refused migrations: {check}"),
+        }
     }
 
     /// Stops the server now (a store using it then finds it unavailable).

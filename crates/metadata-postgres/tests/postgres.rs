@@ -1,14 +1,38 @@
 //! The Postgres store against a real, throwaway Postgres cluster: the shared behaviour suites,
-//! plus what only a shared database has to show (replicas racing, the server going away).
+//! plus what only a shared database has to show (replicas racing, migrations, the server
+//! going away).
 
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use metadata::identity::SigningKeyRecord;
+use metadata::schema::MigrationRun;
 use metadata::{Error, IdentityStore, MetadataStore};
 use metadata_postgres::testing::Cluster;
 use metadata_postgres::{PoolSettings, PostgresStore};
 use oci::{Digest, RepositoryName};
+use sqlx::Connection;
+
+async fn connect(url: &str) -> PostgresStore {
+    PostgresStore::connect(url, PoolSettings::default())
+        .await
+        .expect("connect")
+}
+
+/// The versions a migration run applied; fails the test if it refused.
+fn applied(run: MigrationRun) -> Vec<i64> {
+    match run {
+        MigrationRun::Applied(applied) => applied.iter().map(|m| m.version).collect(),
+        MigrationRun::Refused(check) => panic!("migrations refused: {check}"),
+    }
+}
+
+fn every_version() -> Vec<i64> {
+    metadata_postgres::migrations()
+        .iter()
+        .map(|m| m.version)
+        .collect()
+}
 
 #[tokio::test]
 async fn passes_the_metadata_behaviour_suite() {
@@ -27,18 +51,28 @@ async fn passes_the_identity_behaviour_suite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn replicas_starting_together_agree_on_one_signing_key() {
+async fn replicas_migrating_together_apply_each_migration_once_and_agree_on_one_signing_key() {
     let cluster = Cluster::start();
-    // Several replicas open the same empty database at once: migrations and the first key
-    // must each happen exactly once. A race shows only sometimes, so try a few databases.
+    // Several replicas migrate the same empty database at once (a deploy job per replica):
+    // each migration and the first key must each happen exactly once. A race shows only
+    // sometimes, so try a few databases.
     for _ in 0..3 {
         let url = cluster.create_database().await;
-        let opens = (0..6).map(|_| PostgresStore::open(&url, PoolSettings::default()));
-        let stores: Vec<PostgresStore> = join_all(opens)
+        let stores: Vec<PostgresStore> = join_all((0..6).map(|_| connect(&url)))
             .await
             .into_iter()
-            .map(|opened| opened.expect("open"))
             .collect();
+        let runs = join_all(stores.iter().map(PostgresStore::migrate)).await;
+        let mut versions: Vec<i64> = runs
+            .into_iter()
+            .flat_map(|run| applied(run.expect("migrate")))
+            .collect();
+        versions.sort_unstable();
+        assert_eq!(
+            versions,
+            every_version(),
+            "each migration applied by exactly one run"
+        );
         let adds = stores.iter().enumerate().map(|(n, store)| async move {
             let key = SigningKeyRecord {
                 kid: format!("k{n}"),
@@ -58,21 +92,92 @@ async fn replicas_starting_together_agree_on_one_signing_key() {
 }
 
 #[tokio::test]
-async fn reopening_keeps_data_and_reapplies_no_migration() {
+async fn migrate_applies_what_is_pending_and_reports_it() {
+    let cluster = Cluster::start();
+    let url = cluster.create_database().await;
+    let store = connect(&url).await;
+    let fresh = store.schema().await.expect("schema");
+    assert!(!fresh.is_current() && fresh.is_migratable(), "{fresh}");
+    assert_eq!(
+        fresh.pending.iter().map(|m| m.version).collect::<Vec<_>>(),
+        every_version()
+    );
+    let mut admin = sqlx::PgConnection::connect(&url).await.expect("connect");
+    let recorded: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&mut admin)
+        .await
+        .expect("query");
+    assert!(
+        !recorded,
+        "checking the schema must not change the database"
+    );
+
+    assert_eq!(
+        applied(store.migrate().await.expect("migrate")),
+        every_version()
+    );
+    assert!(store.schema().await.expect("schema").is_current());
+    assert_eq!(
+        applied(store.migrate().await.expect("migrate again")),
+        Vec::<i64>::new(),
+        "a second run has nothing to apply"
+    );
+}
+
+#[tokio::test]
+async fn a_schema_from_a_newer_or_different_release_is_refused_and_left_alone() {
+    let cluster = Cluster::start();
+    let url = cluster.create_database().await;
+    let store = connect(&url).await;
+    applied(store.migrate().await.expect("migrate"));
+    let mut admin = sqlx::PgConnection::connect(&url).await.expect("connect");
+    // What a newer release leaves behind: a migration this binary does not carry.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (9999, 'from the future', TRUE, '\\x00', 0)",
+    )
+    .execute(&mut admin)
+    .await
+    .expect("record a newer migration");
+    let check = store.schema().await.expect("schema");
+    assert_eq!(check.unknown, vec![9999], "{check}");
+    assert!(!check.is_current() && !check.is_migratable());
+    match store.migrate().await.expect("migrate") {
+        MigrationRun::Refused(refused) => assert_eq!(refused, check),
+        MigrationRun::Applied(applied) => panic!("migrated a newer schema: {applied:?}"),
+    }
+
+    // What a different build leaves behind: the same version with other contents.
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 9999")
+        .execute(&mut admin)
+        .await
+        .expect("forget it");
+    sqlx::query("UPDATE _sqlx_migrations SET checksum = '\\x00' WHERE version = 1")
+        .execute(&mut admin)
+        .await
+        .expect("change a checksum");
+    let check = store.schema().await.expect("schema");
+    assert_eq!(check.changed, vec![1], "{check}");
+    assert!(matches!(
+        store.migrate().await.expect("migrate"),
+        MigrationRun::Refused(_)
+    ));
+}
+
+#[tokio::test]
+async fn reconnecting_keeps_data_and_applies_no_migration() {
     let cluster = Cluster::start();
     let url = cluster.create_database().await;
     let repo: RepositoryName = "keep/app".parse().expect("valid");
     let digest = Digest::sha256_from_bytes(&[9; 32]);
     {
-        let store = PostgresStore::open(&url, PoolSettings::default())
-            .await
-            .expect("open");
+        let store = connect(&url).await;
+        applied(store.migrate().await.expect("migrate"));
         store.link_blob(&repo, &digest, 5, 1).await.expect("link");
         store.close().await;
     }
-    let store = PostgresStore::open(&url, PoolSettings::default())
-        .await
-        .expect("reopen");
+    let store = connect(&url).await;
+    assert!(store.schema().await.expect("schema").is_current());
     assert_eq!(
         store.blob_size(&repo, &digest).await.expect("query"),
         Some(5)
@@ -96,10 +201,10 @@ async fn a_lost_database_is_unavailable_not_internal() {
         max_connections: 1,
         acquire_timeout: Duration::from_secs(2),
     };
-    match PostgresStore::open(&cluster.url("postgres"), settings).await {
+    match PostgresStore::connect(&cluster.url("postgres"), settings).await {
         Err(Error::Unavailable(_)) => {}
         Err(other) => panic!("expected Unavailable for a refused connection, got {other:?}"),
-        Ok(_) => panic!("opened a store on a stopped server"),
+        Ok(_) => panic!("connected to a stopped server"),
     }
 }
 

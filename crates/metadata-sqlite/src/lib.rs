@@ -5,7 +5,9 @@
 //! - Every write transaction starts with `BEGIN IMMEDIATE`: SQLite cannot upgrade a read
 //!   transaction to a write one while another writer is active, and a deferred `BEGIN` would
 //!   turn ordinary contention into `SQLITE_BUSY` errors instead of a short wait.
-//! - The schema is `migrations/sqlite`, applied at `open`.
+//! - The schema is `migrations/sqlite`, applied at `open` (one process owns the data
+//!   directory, so a single node migrates itself); a database migrated by a newer or different
+//!   release is refused, never written to.
 
 mod identity;
 
@@ -14,15 +16,17 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use metadata::schema::{AppliedMigration, Migration, MigrationRun, SchemaCheck};
 use metadata::{
     Error, ManifestCommit, ManifestRecord, MetadataStore, PageRequest, Referrer, Timestamp,
     UploadId, UploadRecord,
 };
 use oci::{Digest, RepositoryName, Tag};
+use sqlx::migrate::Migrate;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, SqlitePool};
+use sqlx::{Connection, Row, SqlitePool};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
 
@@ -55,9 +59,39 @@ fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+fn migration_failed(err: sqlx::migrate::MigrateError) -> Error {
+    Error::Internal(format!("applying migrations: {err}"))
+}
+
+/// The migrations this binary carries, in version order.
+pub fn migrations() -> Vec<Migration> {
+    MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| Migration {
+            version: m.version,
+            description: m.description.to_string(),
+            checksum: m.checksum.to_vec(),
+        })
+        .collect()
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    /// Opens (creating if needed) the database at `path` and applies pending migrations;
+    /// refuses a database a newer or different release migrated.
     pub async fn open(path: &Path) -> Result<SqliteStore, Error> {
+        let store = SqliteStore::connect(path).await?;
+        match store.migrate().await? {
+            MigrationRun::Applied(_) => Ok(store),
+            MigrationRun::Refused(check) => Err(Error::Internal(format!(
+                "the database at {} does not match this release: {check}",
+                path.display()
+            ))),
+        }
+    }
+
+    /// Opens (creating if needed) the database at `path`, without touching its schema.
+    pub async fn connect(path: &Path) -> Result<SqliteStore, Error> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -70,11 +104,48 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(backend)?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|err| Error::Internal(format!("applying migrations: {err}")))?;
         Ok(SqliteStore { pool })
+    }
+
+    /// Applies the migrations the database lacks, each in its own transaction, and says which;
+    /// refuses (applying nothing) when the database holds migrations this binary does not
+    /// know, knows otherwise, or saw fail.
+    pub async fn migrate(&self) -> Result<MigrationRun, Error> {
+        let mut conn = self.pool.acquire().await.map_err(backend)?.detach();
+        conn.ensure_migrations_table()
+            .await
+            .map_err(migration_failed)?;
+        let rows =
+            sqlx::query("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
+                .fetch_all(&mut conn)
+                .await
+                .map_err(backend)?;
+        let recorded: Vec<AppliedMigration> = rows
+            .iter()
+            .map(|row| AppliedMigration {
+                version: row.get("version"),
+                checksum: row.get("checksum"),
+                success: row.get("success"),
+            })
+            .collect();
+        let check = SchemaCheck::compare(&migrations(), &recorded);
+        if !check.is_migratable() {
+            return Ok(MigrationRun::Refused(check));
+        }
+        let mut applied = Vec::with_capacity(check.pending.len());
+        for pending in check.pending {
+            let Some(migration) = MIGRATOR
+                .iter()
+                .find(|m| m.version == pending.version && !m.migration_type.is_down_migration())
+            else {
+                return Err(Error::Internal(format!("migration {pending} vanished")));
+            };
+            conn.apply(migration).await.map_err(migration_failed)?;
+            tracing::info!(version = pending.version, "applied migration {pending}");
+            applied.push(pending);
+        }
+        conn.close().await.map_err(backend)?;
+        Ok(MigrationRun::Applied(applied))
     }
 
     pub async fn close(&self) {
@@ -561,6 +632,46 @@ mod tests {
             .await
             .expect("open");
         metadata::behaviour::run_identity(&store).await;
+    }
+
+    #[tokio::test]
+    async fn migrate_reports_what_it_applied_and_refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::connect(&dir.path().join("metadata.db"))
+            .await
+            .expect("connect");
+        let every: Vec<i64> = migrations().iter().map(|m| m.version).collect();
+        let applied = |run: MigrationRun| -> Vec<i64> {
+            match run {
+                MigrationRun::Applied(applied) => applied.iter().map(|m| m.version).collect(),
+                MigrationRun::Refused(check) => panic!("refused: {check}"),
+            }
+        };
+        assert_eq!(applied(store.migrate().await.expect("migrate")), every);
+        assert_eq!(
+            applied(store.migrate().await.expect("migrate again")),
+            Vec::<i64>::new()
+        );
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES (9999, 'from the future', TRUE, x'00', 0)",
+        )
+        .execute(&store.pool)
+        .await
+        .expect("record a newer migration");
+        match store.migrate().await.expect("migrate") {
+            MigrationRun::Refused(check) => assert_eq!(check.unknown, vec![9999]),
+            MigrationRun::Applied(applied) => panic!("migrated a newer schema: {applied:?}"),
+        }
+        store.close().await;
+        let err = SqliteStore::open(&dir.path().join("metadata.db"))
+            .await
+            .err()
+            .expect("open refuses a newer schema");
+        assert!(
+            err.to_string().contains("unknown to this one: 9999"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

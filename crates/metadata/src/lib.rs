@@ -8,6 +8,7 @@
 
 pub mod behaviour;
 pub mod identity;
+pub mod schema;
 
 use async_trait::async_trait;
 use oci::{Digest, RepositoryName, Tag};

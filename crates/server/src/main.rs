@@ -1,13 +1,16 @@
 //! `bulwark`: the registry server, and the client of its admin API.
 //!
 //! `bulwark serve` (or plain `bulwark`) runs the registry with zero configuration: SQLite and
-//! blobs in `./bulwark-data`, HTTPS on port 5000 with a generated certificate. `bulwark login`,
-//! `user`, `project`, `member`, `robot`, `token`, `audit` and `whoami` manage a running
+//! blobs in `./bulwark-data`, HTTPS on port 5000 with a generated certificate. `bulwark
+//! migrate` brings the metadata database's schema up to this release (`migrate`); `bulwark
+//! import-node` moves a single node to Postgres and an object store (`import`). `bulwark
+//! login`, `user`, `project`, `member`, `robot`, `token`, `audit` and `whoami` manage a running
 //! registry over its REST API (`cli`).
 
 mod cli;
 mod config;
 mod import;
+mod migrate;
 mod serve;
 mod tls;
 
@@ -31,6 +34,9 @@ struct ServeDefaults {
 enum Command {
     /// Run the registry (the default when no command is given).
     Serve(Box<config::Overrides>),
+    /// Apply the metadata database's pending migrations, with the configuration `serve`
+    /// would use, and print them. Run it before starting a new release on Postgres.
+    Migrate(Box<config::Overrides>),
     /// Copy a single node's blobs and metadata into an object store and Postgres.
     ImportNode(Box<import::ImportArgs>),
     #[command(flatten)]
@@ -41,6 +47,16 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let overrides = match cli.command {
         Some(Command::Serve(overrides)) => *overrides,
+        Some(Command::Migrate(overrides)) => {
+            let config = match load(&overrides) {
+                Ok(config) => config,
+                Err(exit) => return exit,
+            };
+            return block_on(
+                tokio::runtime::Builder::new_current_thread(),
+                migrate::run(config),
+            );
+        }
         Some(Command::Client(command)) => return run_client(command),
         Some(Command::ImportNode(args)) => {
             return block_on(
@@ -50,18 +66,23 @@ fn main() -> std::process::ExitCode {
         }
         None => ServeDefaults::parse_from(["bulwark"]).overrides,
     };
-    let config = match config::Config::load(&overrides) {
+    let config = match load(&overrides) {
         Ok(config) => config,
-        Err(err) => {
-            eprintln!("bulwark: {err:#}");
-            return std::process::ExitCode::from(2);
-        }
+        Err(exit) => return exit,
     };
     serve::init_logging(&config.log);
     block_on(
         tokio::runtime::Builder::new_multi_thread(),
         serve::run(config),
     )
+}
+
+/// The configuration, or the exit of a command that cannot have one.
+fn load(overrides: &config::Overrides) -> Result<config::Config, std::process::ExitCode> {
+    config::Config::load(overrides).map_err(|err| {
+        eprintln!("bulwark: {err:#}");
+        std::process::ExitCode::from(2)
+    })
 }
 
 /// Runs a client command on a single-threaded runtime: it makes one request at a time.

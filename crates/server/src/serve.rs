@@ -223,22 +223,35 @@ async fn refuse_plaintext(mut stream: TcpStream, peer: SocketAddr) -> anyhow::Re
     Ok(())
 }
 
+/// The Postgres pool of the configuration.
+pub fn pool_settings(config: &Config) -> metadata_postgres::PoolSettings {
+    metadata_postgres::PoolSettings {
+        max_connections: config.metadata.max_connections,
+        acquire_timeout: config.metadata.acquire_timeout.0,
+    }
+}
+
 /// The configured metadata store, as the two traits the registry and access control use.
+/// Postgres must already carry exactly this release's schema (`bulwark migrate`); embedded
+/// SQLite is migrated here (see `migrate`).
 async fn open_stores(
     config: &Config,
 ) -> anyhow::Result<(Arc<dyn MetadataStore>, Arc<dyn IdentityStore>)> {
     match &config.metadata.postgres_url {
         Some(url) => {
-            let settings = metadata_postgres::PoolSettings {
-                max_connections: config.metadata.max_connections,
-                acquire_timeout: config.metadata.acquire_timeout.0,
-            };
-            let store = Arc::new(
-                metadata_postgres::PostgresStore::open(url.expose(), settings)
+            let store =
+                metadata_postgres::PostgresStore::connect(url.expose(), pool_settings(config))
                     .await
-                    .context("opening the Postgres metadata database")?,
-            );
+                    .context("connecting to the Postgres metadata database")?;
+            let schema = store
+                .schema()
+                .await
+                .context("reading the Postgres schema's migrations")?;
+            if !schema.is_current() {
+                return Err(crate::migrate::refusal(&schema));
+            }
             tracing::info!("metadata in Postgres");
+            let store = Arc::new(store);
             Ok((store.clone(), store))
         }
         None => {

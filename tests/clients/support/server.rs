@@ -55,6 +55,53 @@ pub fn binary() -> PathBuf {
     path
 }
 
+/// A `bulwark` command with none of the developer's `BULWARK_*` settings, and the test admin's
+/// password.
+pub fn command() -> Command {
+    let mut command = Command::new(binary());
+    // Plain text keeps the log readable when a failing test prints it.
+    command.env("NO_COLOR", "1").stdin(Stdio::null());
+    // A developer's own BULWARK_* settings must not leak into the server under test.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("BULWARK_") {
+            command.env_remove(key);
+        }
+    }
+    command.env("BULWARK_ADMIN_PASSWORD", ADMIN_PASSWORD);
+    command
+}
+
+/// `bulwark serve` on `data_dir`, listening on a port the kernel picks.
+fn serve_command(data_dir: &Path, extra_args: &[impl AsRef<std::ffi::OsStr>]) -> Command {
+    let mut command = command();
+    command
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--log-level", "info"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra_args)
+        .stdout(Stdio::null());
+    command
+}
+
+/// Runs `bulwark migrate` with `args` (e.g. `["--postgres-url", URL]`), which must succeed,
+/// and returns what it printed.
+pub fn migrate(args: &[&str]) -> String {
+    let output = command()
+        .arg("migrate")
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| panic!("running {} migrate: {err}", binary().display()));
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "bulwark migrate failed ({}):\n{printed}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    printed
+}
+
 /// A running `bulwark serve`, killed when dropped.
 pub struct Server {
     child: Option<Child>,
@@ -87,26 +134,47 @@ impl Server {
         server
     }
 
-    fn spawn(&mut self) {
-        let mut command = Command::new(binary());
-        command
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--log-level", "info"])
-            .arg("--data-dir")
-            .arg(self.data.path())
-            .args(&self.extra_args)
-            // Plain text keeps the log readable when a failing test prints it.
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        // A developer's own BULWARK_* settings must not leak into the server under test.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("BULWARK_") {
-                command.env_remove(key);
+    /// Runs `bulwark serve` with `extra_args` on a fresh data directory, expecting it to
+    /// refuse to start: returns how it exited and what it wrote to stderr. Fails the test if
+    /// it starts listening instead.
+    pub fn refused(extra_args: &[&str]) -> (ExitStatus, String) {
+        let data = tempfile::Builder::new()
+            .prefix("bulwark-data-")
+            .tempdir()
+            .expect("creating a data directory");
+        let mut command = serve_command(data.path(), extra_args);
+        // A file, not a pipe: nothing has to read it while the process runs.
+        let stderr = tempfile::NamedTempFile::new().expect("a file for stderr");
+        command.stderr(Stdio::from(stderr.reopen().expect("reopening stderr")));
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|err| panic!("starting {}: {err}", binary().display()));
+        let deadline = Instant::now() + START_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("checking the server process") {
+                break status;
             }
-        }
-        command.env("BULWARK_ADMIN_PASSWORD", ADMIN_PASSWORD);
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "bulwark serve did not exit within {START_TIMEOUT:?}; its log:\n{}",
+                    std::fs::read_to_string(stderr.path()).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let log = std::fs::read_to_string(stderr.path()).expect("reading stderr");
+        assert!(
+            listening_port(&log).is_none(),
+            "bulwark serve started listening:\n{log}"
+        );
+        (status, log)
+    }
+
+    fn spawn(&mut self) {
+        let mut command = serve_command(self.data.path(), &self.extra_args);
+        command.stderr(Stdio::piped());
         let mut child = command
             .spawn()
             .unwrap_or_else(|err| panic!("starting {}: {err}", binary().display()));
