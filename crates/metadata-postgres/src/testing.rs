@@ -1,13 +1,16 @@
 //! A throwaway Postgres cluster for tests: `initdb` into a temporary directory, a postmaster
-//! on a free local port, one fresh database per store, and `pg_ctl stop` on drop.
+//! on a free local port, one fresh database per store, and `pg_ctl stop` on drop. A test can
+//! start a cluster that only accepts TLS, with a server certificate from a CA generated for it.
 //!
 //! Invariants:
 //! - The binaries come from Debian's `postgresql` package (`/usr/lib/postgresql/*/bin`, the
 //!   newest version wins); `tools/check` installs it. Without it the tests fail, never skip.
 //! - `initdb` refuses to run as root, so as root every Postgres binary runs as the
-//!   `postgres` system user, who owns the temporary directory.
+//!   `postgres` system user, who owns the temporary directory and every file the server reads.
 //! - The cluster listens on 127.0.0.1 only, trusts local connections and never touches the
 //!   package's own cluster (a different port and socket directory).
+//! - A TLS cluster refuses unencrypted TCP connections (`hostssl` only), so a client that
+//!   reaches it at all has negotiated TLS.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -16,6 +19,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::{PoolSettings, PostgresStore};
 use metadata::schema::MigrationRun;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
 use sqlx::Connection;
 
 const SYSTEM_USER: &str = "postgres";
@@ -62,6 +69,8 @@ pub struct Cluster {
     log: PathBuf,
     port: u16,
     databases: AtomicU32,
+    /// The CA that signed the server's certificate, when the cluster speaks TLS.
+    ca: Option<PathBuf>,
     // Dropped last (fields drop in order), after `Drop::drop` stopped the server.
     _dir: tempfile::TempDir,
 }
@@ -70,16 +79,20 @@ impl Cluster {
     /// Initialises and starts a new cluster, failing the test with Postgres' own words if it
     /// cannot.
     pub fn start() -> Cluster {
+        Cluster::init(false)
+    }
+
+    /// Like `start`, but the server only accepts TLS connections, presenting a certificate for
+    /// `localhost` and `127.0.0.1` signed by a CA generated for this cluster
+    /// (`ca_certificate`). `url` then asks for `sslmode=verify-full` with that CA.
+    pub fn start_with_tls() -> Cluster {
+        Cluster::init(true)
+    }
+
+    fn init(tls: bool) -> Cluster {
         let bin = binaries();
         let as_root = running_as_root();
         let dir = tempfile::tempdir().expect("temp dir");
-        if as_root {
-            run_checked(
-                Command::new("chown")
-                    .arg(format!("{SYSTEM_USER}:"))
-                    .arg(dir.path()),
-            );
-        }
         let data = dir.path().join("data");
         let log = dir.path().join("postgres.log");
         let mut cluster = Cluster {
@@ -89,8 +102,10 @@ impl Cluster {
             log,
             port: 0,
             databases: AtomicU32::new(0),
+            ca: None,
             _dir: dir,
         };
+        cluster.give_to_postgres(cluster._dir.path());
         let data = cluster.data.clone();
         let mut initdb = cluster.postgres_command("initdb");
         run_checked(
@@ -100,30 +115,99 @@ impl Cluster {
                 .args(["-U", "postgres", "--auth=trust", "--no-sync"])
                 .args(["-E", "UTF8", "--locale=C.UTF-8"]),
         );
+        if tls {
+            cluster.ca = Some(cluster.write_certificates());
+            // Local sockets (pg_ctl) stay trusted; TCP must be TLS.
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .expect("writing pg_hba.conf");
+        }
         // A port found free may be taken before the postmaster binds it; try a few.
         let mut last_failure = String::new();
         for _ in 0..3 {
             cluster.port = free_port();
-            let options = format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
-                cluster.port,
-                cluster._dir.path().display()
-            );
-            let mut pg_ctl = cluster.postgres_command("pg_ctl");
-            pg_ctl
-                .arg("-D")
-                .arg(&data)
-                .arg("-l")
-                .arg(&cluster.log)
-                .args(["-o", &options, "-w", "-t", "60", "start"]);
-            let output = pg_ctl.output().expect("run pg_ctl start");
-            if output.status.success() {
-                return cluster;
+            match cluster.launch() {
+                Ok(()) => return cluster,
+                Err(failure) => last_failure = failure,
             }
-            last_failure =
-                describe(&output) + &std::fs::read_to_string(&cluster.log).unwrap_or_default();
         }
         panic!("the test Postgres cluster did not start:\n{last_failure}");
+    }
+
+    /// Writes a CA and a server certificate it signed into the cluster's directory, configures
+    /// the server to present it, and returns the CA's path.
+    fn write_certificates(&self) -> PathBuf {
+        let dir = self._dir.path().join("tls");
+        std::fs::create_dir(&dir).expect("creating the TLS directory");
+        let (ca_pem, issuer) = certificate_authority("bulwark test Postgres CA");
+        let key = KeyPair::generate().expect("a server key");
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("server certificate names");
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        let cert = params
+            .signed_by(&key, &issuer)
+            .expect("signing the server certificate");
+        let ca = dir.join("ca.crt");
+        let server_cert = dir.join("server.crt");
+        let server_key = dir.join("server.key");
+        std::fs::write(&ca, ca_pem).expect("writing ca.crt");
+        std::fs::write(&server_cert, cert.pem()).expect("writing server.crt");
+        std::fs::write(&server_key, key.serialize_pem()).expect("writing server.key");
+        // Postgres refuses a key others may read.
+        run_checked(Command::new("chmod").arg("0600").arg(&server_key));
+        for path in [&dir, &ca, &server_cert, &server_key] {
+            self.give_to_postgres(path);
+        }
+        let config = format!(
+            "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+            server_cert.display(),
+            server_key.display()
+        );
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.data.join("postgresql.conf"))
+            .expect("opening postgresql.conf");
+        std::io::Write::write_all(&mut conf, config.as_bytes()).expect("configuring TLS");
+        ca
+    }
+
+    /// Makes the `postgres` user own `path` when the Postgres binaries run as that user.
+    fn give_to_postgres(&self, path: &Path) {
+        if self.as_root {
+            run_checked(
+                Command::new("chown")
+                    .arg(format!("{SYSTEM_USER}:"))
+                    .arg(path),
+            );
+        }
+    }
+
+    /// Starts the postmaster on `self.port` and waits until it accepts connections.
+    fn launch(&self) -> Result<(), String> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
+            self.port,
+            self._dir.path().display()
+        );
+        let mut pg_ctl = self.postgres_command("pg_ctl");
+        pg_ctl
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(&self.log)
+            .args(["-o", &options, "-w", "-t", "60", "start"]);
+        let output = pg_ctl.output().expect("run pg_ctl start");
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(describe(&output) + &std::fs::read_to_string(&self.log).unwrap_or_default())
+        }
     }
 
     /// A command running the named Postgres binary, as the `postgres` user when we are root.
@@ -138,8 +222,25 @@ impl Cluster {
         }
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The CA certificate (PEM file) a client must trust to verify a TLS cluster's server.
+    pub fn ca_certificate(&self) -> &Path {
+        self.ca
+            .as_deref()
+            .expect("a cluster started with start_with_tls")
+    }
+
+    /// The URL of `database` as a client should use it: on a TLS cluster, verifying the
+    /// server's certificate and name against the cluster's CA.
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        let url = format!("postgres://postgres@127.0.0.1:{}/{database}", self.port);
+        match &self.ca {
+            Some(ca) => format!("{url}?sslmode=verify-full&sslrootcert={}", ca.display()),
+            None => url,
+        }
     }
 
     /// The URL of a new, empty database of this cluster.
@@ -184,6 +285,25 @@ impl Cluster {
             }
         }
     }
+}
+
+/// A new self-signed CA: its certificate (PEM) and what signs with it.
+fn certificate_authority(name: &str) -> (String, Issuer<'static, KeyPair>) {
+    let key = KeyPair::generate().expect("a CA key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let cert = params.self_signed(&key).expect("self-signing the CA");
+    (cert.pem(), Issuer::new(params, key))
+}
+
+/// Writes, at `path`, the certificate of a new CA that signed nothing any cluster presents:
+/// what a client trusting the wrong CA holds.
+pub fn write_unrelated_ca(path: &Path) {
+    let (pem, _) = certificate_authority("an unrelated CA");
+    std::fs::write(path, pem).expect("writing the unrelated CA");
 }
 
 impl Drop for Cluster {

@@ -1,6 +1,6 @@
 //! The Postgres store against a real, throwaway Postgres cluster: the shared behaviour suites,
 //! plus what only a shared database has to show (replicas racing, migrations, the server
-//! going away).
+//! going away, TLS).
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use futures_util::future::join_all;
 use metadata::identity::SigningKeyRecord;
 use metadata::schema::MigrationRun;
 use metadata::{Error, IdentityStore, MetadataStore};
-use metadata_postgres::testing::Cluster;
+use metadata_postgres::testing::{write_unrelated_ca, Cluster};
 use metadata_postgres::{PoolSettings, PostgresStore};
 use oci::{Digest, RepositoryName};
 use sqlx::Connection;
@@ -360,4 +360,49 @@ async fn a_single_node_database_imports_into_an_empty_postgres() {
         "an import never merges: {again:?}"
     );
     store.close().await;
+}
+
+#[tokio::test]
+async fn tls_with_verify_full_works_and_an_unknown_ca_or_plaintext_is_refused() {
+    let cluster = Cluster::start_with_tls();
+    let url = cluster.create_database().await;
+    assert!(url.contains("sslmode=verify-full&sslrootcert="), "{url}");
+    let store = connect(&url).await;
+    applied(store.migrate().await.expect("migrate over TLS"));
+    let repo: RepositoryName = "tls/app".parse().expect("valid");
+    let digest = Digest::sha256_from_bytes(&[3; 32]);
+    store.link_blob(&repo, &digest, 3, 1).await.expect("link");
+    assert_eq!(
+        store.blob_size(&repo, &digest).await.expect("query"),
+        Some(3)
+    );
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+    let encrypted: bool =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await
+            .expect("query");
+    assert!(encrypted, "the connection is encrypted");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let unrelated = dir.path().join("unrelated-ca.crt");
+    write_unrelated_ca(&unrelated);
+    let ca = cluster.ca_certificate().display().to_string();
+    let settings = PoolSettings {
+        max_connections: 1,
+        acquire_timeout: Duration::from_secs(2),
+    };
+    let wrong_ca = url.replace(&ca, &unrelated.display().to_string());
+    match PostgresStore::connect(&wrong_ca, settings).await {
+        Err(err) => assert!(
+            err.to_string().contains("UnknownIssuer"),
+            "refused for its certificate: {err}"
+        ),
+        Ok(_) => panic!("connected trusting a CA that did not sign the server's certificate"),
+    }
+    let (base, _) = url.split_once('?').expect("a query");
+    match PostgresStore::connect(&format!("{base}?sslmode=disable"), settings).await {
+        Err(err) => assert!(err.to_string().contains("no encryption"), "{err}"),
+        Ok(_) => panic!("a TLS-only cluster accepted a plaintext connection"),
+    }
 }

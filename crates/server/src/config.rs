@@ -162,7 +162,8 @@ impl StorageConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetadataConfig {
-    /// A `postgres://` URL; when unset, metadata is embedded SQLite in the data directory.
+    /// A `postgres://` URL (TLS through `sslmode`, `sslrootcert`); when unset, metadata is
+    /// embedded SQLite in the data directory.
     pub postgres_url: Option<SecretString>,
     /// Connections each replica keeps to Postgres.
     pub max_connections: u32,
@@ -424,8 +425,8 @@ pub struct Overrides {
     /// A P-256 private key (PKCS#8 PEM) to sign tokens with; earlier keys keep verifying.
     #[arg(long, env = "BULWARK_SIGNING_KEY")]
     pub signing_key: Option<PathBuf>,
-    /// Keep metadata in this Postgres database (postgres://USER:PASSWORD@HOST:PORT/DB)
-    /// instead of embedded SQLite.
+    /// Keep metadata in this Postgres database (postgres://USER:PASSWORD@HOST:PORT/DB, with
+    /// ?sslmode=verify-full&sslrootcert=CA.crt for TLS) instead of embedded SQLite.
     #[arg(long, env = "BULWARK_POSTGRES_URL", hide_env_values = true)]
     pub postgres_url: Option<SecretString>,
     /// Where blobs live: filesystem (in the data directory), s3, gcs or azure.
