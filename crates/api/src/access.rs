@@ -300,6 +300,9 @@ pub async fn authorize(
                         Some("invalid_token"),
                         "invalid username or password",
                     ),
+                    AuthError::Unavailable(cause) => {
+                        ApiError::from(registry::Error::Unavailable(cause))
+                    }
                 })?;
             let target = match &need {
                 Need::Repository(name, action) => Some((*name, *action)),

@@ -10,6 +10,10 @@ use serde_json::{json, Value};
 
 use crate::operation::ParseError;
 
+/// How long a client is told to wait (`Retry-After`) when a backend is down: about as long as
+/// a request waits for a database connection before giving up.
+pub const RETRY_AFTER_SECONDS: u64 = 5;
+
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
@@ -150,7 +154,7 @@ impl From<registry::Error> for ApiError {
                 ApiError::new(ErrorCode::Unknown)
                     .status(StatusCode::SERVICE_UNAVAILABLE)
                     .message("the registry's storage is temporarily unavailable; retry later")
-                    .header("retry-after", "5")
+                    .header("retry-after", RETRY_AFTER_SECONDS.to_string())
             }
             // Only administration (`/api/v1`, with its own problem answers) conflicts, misses a named
             // record, refuses a user or rejects input in these words; no /v2 operation does.

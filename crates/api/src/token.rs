@@ -50,6 +50,18 @@ fn auth_failure(err: AuthError) -> Response {
         AuthError::BadToken(_) => {
             oauth_error(StatusCode::UNAUTHORIZED, "invalid_grant", &err.to_string())
         }
+        AuthError::Unavailable(ref cause) => {
+            tracing::warn!("backend unavailable: {cause}");
+            let mut response = oauth_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                &err.to_string(),
+            );
+            if let Ok(value) = crate::error::RETRY_AFTER_SECONDS.to_string().parse() {
+                response.headers_mut().insert("retry-after", value);
+            }
+            response
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! A throwaway Postgres cluster for tests: `initdb` into a temporary directory, a postmaster
 //! on a free local port, one fresh database per store, and `pg_ctl stop` on drop. A test can
-//! start a cluster that only accepts TLS, with a server certificate from a CA generated for it.
+//! stop the server and start it again on the same data and port (an outage), or start a cluster
+//! that only accepts TLS, with a server certificate from a CA generated for it.
 //!
 //! Invariants:
 //! - The binaries come from Debian's `postgresql` package (`/usr/lib/postgresql/*/bin`, the
@@ -269,7 +270,8 @@ impl Cluster {
         }
     }
 
-    /// Stops the server now (a store using it then finds it unavailable).
+    /// Stops the server now (a store using it then finds it unavailable). The data and the
+    /// port stay, for `start_again`.
     pub fn stop(&self) {
         if !self.data.join("postmaster.pid").exists() {
             return;
@@ -283,6 +285,17 @@ impl Cluster {
             if !output.status.success() {
                 eprintln!("stopping the test Postgres cluster: {}", describe(&output));
             }
+        }
+    }
+
+    /// Starts a stopped server again, with the same data on the same port, and waits until it
+    /// accepts connections.
+    pub fn start_again(&self) {
+        if let Err(failure) = self.launch() {
+            panic!(
+                "the test Postgres cluster did not start again on port {}:\n{failure}",
+                self.port
+            );
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The Postgres store against a real, throwaway Postgres cluster: the shared behaviour suites,
 //! plus what only a shared database has to show (replicas racing, migrations, the server
-//! going away, TLS).
+//! going away and coming back, TLS).
 
 use std::time::Duration;
 
@@ -185,13 +185,14 @@ async fn reconnecting_keeps_data_and_applies_no_migration() {
 }
 
 #[tokio::test]
-async fn a_lost_database_is_unavailable_not_internal() {
+async fn a_lost_database_is_unavailable_not_internal_and_the_store_recovers() {
     let cluster = Cluster::start();
     let store = cluster.store().await;
     let repo: RepositoryName = "gone/app".parse().expect("valid");
     let digest = Digest::sha256_from_bytes(&[7; 32]);
     store.link_blob(&repo, &digest, 1, 1).await.expect("link");
     cluster.stop();
+    // The pooled connection is dead and new ones are refused until the pool gives up.
     match store.blob_size(&repo, &digest).await {
         Err(Error::Unavailable(_)) => {}
         other => panic!("expected Unavailable once the server stopped, got {other:?}"),
@@ -205,6 +206,63 @@ async fn a_lost_database_is_unavailable_not_internal() {
         Err(Error::Unavailable(_)) => {}
         Err(other) => panic!("expected Unavailable for a refused connection, got {other:?}"),
         Ok(_) => panic!("connected to a stopped server"),
+    }
+
+    cluster.start_again();
+    assert_eq!(
+        store
+            .blob_size(&repo, &digest)
+            .await
+            .expect("the same store, after the restart"),
+        Some(1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_dropped_under_a_running_query_is_unavailable() {
+    let cluster = Cluster::start();
+    let url = cluster.create_database().await;
+    let store = connect(&url).await;
+    applied(store.migrate().await.expect("migrate"));
+    let mut admin = sqlx::PgConnection::connect(&url).await.expect("connect");
+    // Hold a lock the store's query will wait for, so it is in flight on the server...
+    sqlx::query("BEGIN")
+        .execute(&mut admin)
+        .await
+        .expect("begin");
+    sqlx::query("LOCK TABLE repositories IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut admin)
+        .await
+        .expect("lock");
+    let page = metadata::PageRequest {
+        after: None,
+        limit: 10,
+    };
+    let listing = tokio::spawn(async move { store.list_repositories(&page).await });
+    let mut observer = sqlx::PgConnection::connect(&url).await.expect("connect");
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE application_name = 'bulwark' AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut observer)
+        .await
+        .expect("query");
+        if waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...then drop its connection from the server's side, as a failover or a restart would.
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'bulwark'",
+    )
+    .execute(&mut observer)
+    .await
+    .expect("terminate");
+    match listing.await.expect("the listing task") {
+        Err(Error::Unavailable(_)) => {}
+        other => panic!("expected Unavailable for a dropped connection, got {other:?}"),
     }
 }
 

@@ -71,6 +71,24 @@ pub enum AuthError {
     Throttled { retry_after: u64 },
     #[error("invalid token: {0}")]
     BadToken(TokenError),
+    /// The credentials could not be checked because the store is down; the cause is for the
+    /// log. Never a failed login: it neither throttles nor is audited as one.
+    #[error("the registry's storage is temporarily unavailable; retry later")]
+    Unavailable(String),
+}
+
+impl AuthError {
+    /// A store failure while checking credentials: an outage says so, so clients retry; any
+    /// other failure is logged and refuses, like wrong credentials.
+    pub(crate) fn from_backend(err: Error) -> AuthError {
+        match err {
+            Error::Unavailable(cause) => AuthError::Unavailable(cause),
+            other => {
+                tracing::error!("authentication backend failed: {other}");
+                AuthError::BadCredentials
+            }
+        }
+    }
 }
 
 /// A robot's grants, as stored.
@@ -328,10 +346,7 @@ impl Access {
                 .await;
                 Err(AuthError::BadCredentials)
             }
-            Err(err) => {
-                tracing::error!("authentication backend failed: {err}");
-                Err(AuthError::BadCredentials)
-            }
+            Err(err) => Err(AuthError::from_backend(err)),
         }
     }
 
@@ -605,7 +620,8 @@ impl Access {
         // A refresh token dies with the password it was obtained with.
         match self.credential_binding(&claims.sub).await {
             Ok(binding) if binding == claims.binding => {}
-            Ok(_) | Err(_) => return Err(AuthError::BadCredentials),
+            Ok(_) => return Err(AuthError::BadCredentials),
+            Err(err) => return Err(AuthError::from_backend(err)),
         }
         match self.principal(&claims.sub).await {
             // A refresh token dies with its account: disabled users, revoked or expired robots.
@@ -616,7 +632,8 @@ impl Access {
                 ..
             })) if revoked || expires_at <= now() => Err(AuthError::BadCredentials),
             Ok(Some(principal)) => Ok(principal),
-            Ok(None) | Err(_) => Err(AuthError::BadCredentials),
+            Ok(None) => Err(AuthError::BadCredentials),
+            Err(err) => Err(AuthError::from_backend(err)),
         }
     }
 }

@@ -631,10 +631,7 @@ impl Access {
         let principal = match self.principal(&claims.sub).await {
             Ok(Some(principal)) => principal,
             Ok(None) => return Err(AuthError::BadCredentials),
-            Err(err) => {
-                tracing::error!("authentication backend failed: {err}");
-                return Err(AuthError::BadCredentials);
-            }
+            Err(err) => return Err(AuthError::from_backend(err)),
         };
         let active = match &principal {
             Principal::User { disabled, .. } => !disabled,
@@ -813,6 +810,7 @@ impl Access {
                     return Err(acting.deny(self, "user.password", name, &reason).await);
                 }
                 Err(AuthError::BadCredentials | AuthError::BadToken(_)) => false,
+                Err(AuthError::Unavailable(cause)) => return Err(Error::Unavailable(cause)),
             };
         if !proven {
             return Err(acting

@@ -165,9 +165,10 @@ pub struct MetadataConfig {
     /// A `postgres://` URL (TLS through `sslmode`, `sslrootcert`); when unset, metadata is
     /// embedded SQLite in the data directory.
     pub postgres_url: Option<SecretString>,
-    /// Connections each replica keeps to Postgres.
+    /// Connections each replica keeps to Postgres, at most.
     pub max_connections: u32,
-    /// How long a request waits for a connection before answering 503.
+    /// How long a request waits for a connection (all busy, or Postgres unreachable) before
+    /// answering 503 with `Retry-After`.
     pub acquire_timeout: HumanDuration,
 }
 

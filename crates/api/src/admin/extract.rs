@@ -3,7 +3,9 @@
 //!
 //! Invariants:
 //! - No admin handler runs without a `Caller`: a request without usable credentials ends here
-//!   with a 401 and a Basic challenge, a throttled one with a 429 and `Retry-After`.
+//!   with a 401 and a Basic challenge, a throttled one with a 429 and `Retry-After`, and one
+//!   whose credentials cannot be checked because the store is down with a 503 and
+//!   `Retry-After`.
 //! - Bodies are read up to `MAX_BODY_BYTES`; malformed JSON is a 400, JSON of the wrong shape
 //!   (unknown fields included) a 422.
 
@@ -37,6 +39,7 @@ fn refused(err: AuthError) -> Problem {
         AuthError::BadCredentials | AuthError::BadToken(_) => {
             Problem::unauthorized(err.to_string())
         }
+        AuthError::Unavailable(cause) => Problem::from(registry::Error::Unavailable(cause)),
     }
 }
 

@@ -100,7 +100,10 @@ impl From<registry::Error> for Problem {
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the registry's storage is temporarily unavailable; retry later",
                 )
-                .header(header::RETRY_AFTER, "5")
+                .header(
+                    header::RETRY_AFTER,
+                    &crate::error::RETRY_AFTER_SECONDS.to_string(),
+                )
             }
             E::Internal(cause) => Problem::internal(cause),
             // Distribution errors: no admin use case returns them, so one here is a server bug.

@@ -1,7 +1,8 @@
 //! Access control over HTTP: the Bearer challenge, the token service (GET with Basic, the
 //! OAuth2 POST form, refresh tokens, scopes), tokens on `/v2` (missing scope, tampering),
 //! the RBAC matrix for members, strangers and anonymous callers, upload sessions bound to
-//! their principal, catalog filtering, mounts, throttling and the audit trail.
+//! their principal, catalog filtering, mounts, throttling, the audit trail, and a store that
+//! is down (503 with `Retry-After` on every surface).
 
 use crate::support::{call, digest, TestRegistry, ADMIN, ADMIN_PASSWORD};
 use auth::secret;
@@ -887,4 +888,96 @@ async fn an_expired_robot_is_refused_everywhere() {
         )
         .await
         .expect(401);
+}
+
+#[tokio::test]
+async fn a_store_that_is_down_answers_503_with_retry_after_never_a_failed_login() {
+    let registry = team_registry().await;
+    let form = |body: String| {
+        call("POST", "/auth/token")
+            .anonymous()
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.into_bytes())
+    };
+    let reply = registry
+        .send(form(format!(
+            "grant_type=password&username=dev&password={}&service=bulwark&access_type=offline&scope=repository%3Ateam%2Fapp%3Apull",
+            PASSWORD.replace(' ', "+")
+        )))
+        .await;
+    reply.expect(200);
+    let granted = reply.json();
+    let refresh = granted["refresh_token"].as_str().expect("a refresh token");
+
+    // A closed pool fails every query as `Unavailable`, as a database that went away does.
+    registry.store.close().await;
+    let cases = [
+        (
+            "a token for Basic credentials",
+            call(
+                "GET",
+                "/auth/token?service=bulwark&scope=repository:team/app:pull",
+            )
+            .header("authorization", basic("dev", PASSWORD)),
+        ),
+        (
+            "a token for a refresh token",
+            form(format!(
+                "grant_type=refresh_token&refresh_token={refresh}&service=bulwark"
+            )),
+        ),
+        (
+            "/v2 with Basic credentials",
+            call("GET", "/v2/team/app/tags/list").header("authorization", basic("dev", PASSWORD)),
+        ),
+        (
+            "/v2 with a token",
+            call("GET", "/v2/team/app/tags/list").header("authorization", bearer(&granted)),
+        ),
+        (
+            "the admin API with Basic credentials",
+            call("GET", "/api/v1/users"),
+        ),
+        (
+            "the admin API with a token",
+            call("GET", "/api/v1/whoami").header("authorization", bearer(&granted)),
+        ),
+    ];
+    for (what, request) in cases {
+        let reply = registry.send(request).await;
+        assert_eq!(
+            reply.status.as_u16(),
+            503,
+            "{what}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert_eq!(reply.header("retry-after"), "5", "{what}");
+    }
+    let problem = registry.send(call("GET", "/api/v1/users")).await;
+    assert_eq!(problem.header("content-type"), "application/problem+json");
+    assert_eq!(problem.json()["status"], 503);
+    let oauth = registry
+        .send(
+            call("GET", "/auth/token?service=bulwark")
+                .header("authorization", basic("dev", PASSWORD)),
+        )
+        .await;
+    assert_eq!(oauth.json()["error"], "temporarily_unavailable");
+    registry
+        .send(call("GET", "/v2/team/app/tags/list").header("authorization", bearer(&granted)))
+        .await
+        .expect_error(503, "UNKNOWN");
+
+    // Credentials that cannot be checked are not wrong: no 401, and no throttling.
+    for _ in 0..8 {
+        let reply = registry
+            .send(call("GET", "/v2/").header("authorization", basic("rita", "not her password")))
+            .await;
+        assert_eq!(
+            reply.status.as_u16(),
+            503,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
 }
