@@ -421,6 +421,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn large_chunks_at_aligned_and_unaligned_offsets_round_trip() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = BlobStore::local(dir.path()).expect("store");
+        let data: Vec<u8> = (0..5 * 1024 * 1024 + 12_345u32)
+            .map(|n| (n.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        // Starts at 0 (direct writes, then a partial last block), at an aligned offset, at an
+        // unaligned one (buffered), and finishes with the rest.
+        let cuts = [
+            0,
+            2 * 1024 * 1024 + 100,
+            3 * 1024 * 1024,
+            3 * 1024 * 1024 + 8192 + 1,
+        ];
+        let mut state = UploadState::new();
+        let mut offset = 0u64;
+        for window in cuts.windows(2) {
+            let chunk = Bytes::copy_from_slice(&data[window[0]..window[1]]);
+            let chunks = vec![Ok::<_, std::convert::Infallible>(chunk)];
+            offset += store
+                .append("big", offset, &mut state, stream::iter(chunks))
+                .await
+                .expect("append");
+        }
+        let rest = Bytes::copy_from_slice(&data[cuts[cuts.len() - 1]..]);
+        let finishing = store
+            .finish(
+                "big",
+                offset,
+                &state,
+                stream::iter(vec![Ok::<_, std::convert::Infallible>(rest)]),
+            )
+            .await
+            .expect("finish");
+        assert_eq!(finishing.size, data.len() as u64);
+        let digest = finishing.digest.clone();
+        store.commit(finishing).await.expect("commit");
+        assert!(collect(store.read(&digest, None).await.expect("read")).await == data);
+    }
+
+    #[tokio::test]
     async fn a_failed_chunk_leaves_nothing_behind() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = BlobStore::local(dir.path()).expect("store");
