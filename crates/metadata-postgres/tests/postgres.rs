@@ -464,3 +464,55 @@ async fn tls_with_verify_full_works_and_an_unknown_ca_or_plaintext_is_refused() 
         Ok(_) => panic!("a TLS-only cluster accepted a plaintext connection"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_sweeping_together_never_claim_the_same_upload() {
+    use metadata::{UploadId, UploadRecord};
+
+    let cluster = Cluster::start();
+    let url = cluster.create_database().await;
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let store = PostgresStore::connect(&url, PoolSettings::default())
+            .await
+            .expect("connect");
+        replicas.push(store);
+    }
+    let first = &replicas[0];
+    first.migrate().await.expect("migrate");
+    let repository: RepositoryName = "sweep/app".parse().expect("valid");
+    for n in 0..60u128 {
+        first
+            .create_upload(&UploadRecord {
+                id: UploadId(uuid::Uuid::from_u128(n + 1)),
+                repository: repository.clone(),
+                offset: 0,
+                hash_state: vec![1],
+                storage_state: Vec::new(),
+                principal: None,
+                created_at: 1,
+                updated_at: 1,
+            })
+            .await
+            .expect("create");
+    }
+    // Three replicas (pools of their own) sweep the same database at once, in small batches.
+    let sweeps = replicas.iter().map(|store| async move {
+        let mut claimed = Vec::new();
+        loop {
+            let batch = store.claim_stale_uploads(100, 200, 7).await.expect("claim");
+            if batch.is_empty() {
+                return claimed;
+            }
+            claimed.extend(batch.into_iter().map(|upload| upload.id.0));
+        }
+    });
+    let mut all: Vec<uuid::Uuid> = join_all(sweeps).await.into_iter().flatten().collect();
+    assert_eq!(all.len(), 60, "every stale upload is claimed once");
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 60, "no upload is claimed twice");
+    for store in &replicas {
+        store.close().await;
+    }
+}
