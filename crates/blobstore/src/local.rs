@@ -14,15 +14,17 @@ const WRITE_BUFFER: usize = 1024 * 1024;
 /// `O_DIRECT` wants buffers, offsets and lengths aligned to the device's block; 4 KiB covers
 /// every common one.
 const ALIGN: usize = 4096;
-/// Request chunks queued between the receiving task and the writing thread.
-const CHUNKS_IN_FLIGHT: usize = 32;
+/// Bytes of request chunks handed to the writing thread at once, and how many such batches
+/// may wait for it.
+const BATCH_BYTES: usize = 256 * 1024;
+const BATCHES_IN_FLIGHT: usize = 8;
 
 /// Hashes and writes every chunk `received` at `offset` onwards, then syncs the data.
 fn write_staging(
     path: &FsPath,
     offset: u64,
     mut hash: Sha256State,
-    mut received: tokio::sync::mpsc::Receiver<Bytes>,
+    mut received: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
 ) -> Result<(u64, Sha256State), Error> {
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -33,10 +35,12 @@ fn write_staging(
     file.set_len(offset).map_err(storage)?;
     let mut out = StagingWriter::new(file, path, offset)?;
     let mut written = 0u64;
-    while let Some(chunk) = received.blocking_recv() {
-        hash.update(&chunk);
-        out.write(&chunk)?;
-        written += chunk.len() as u64;
+    while let Some(batch) = received.blocking_recv() {
+        for chunk in batch {
+            hash.update(&chunk);
+            out.write(&chunk)?;
+            written += chunk.len() as u64;
+        }
     }
     out.finish()?;
     Ok((written, hash))
@@ -151,27 +155,42 @@ impl LocalStaging {
         E: std::fmt::Display,
     {
         let path = self.staging_path(session);
-        let (chunks, received) = tokio::sync::mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
+        let (batches, received) = tokio::sync::mpsc::channel::<Vec<Bytes>>(BATCHES_IN_FLIGHT);
         let hash = state.hash.clone();
         let writer =
             tokio::task::spawn_blocking(move || write_staging(&path, offset, hash, received));
         let mut body = std::pin::pin!(body);
         let mut failed = None;
-        while let Some(chunk) = body.next().await {
-            match chunk {
-                // A closed channel means the writer failed; its error is reported below.
-                Ok(chunk) => {
-                    if chunks.send(chunk).await.is_err() {
-                        break;
-                    }
+        // Chunks travel in batches: one hand-over (a thread wake-up) per BATCH_BYTES, not per
+        // TLS record.
+        let mut batch = Vec::new();
+        let mut batched = 0;
+        loop {
+            let next = body.next().await;
+            let end = match next {
+                Some(Ok(chunk)) => {
+                    batched += chunk.len();
+                    batch.push(chunk);
+                    false
                 }
-                Err(err) => {
+                Some(Err(err)) => {
                     failed = Some(Error::Body(err.to_string()));
                     break;
                 }
+                None => true,
+            };
+            if (end && !batch.is_empty()) || batched >= BATCH_BYTES {
+                batched = 0;
+                // A closed channel means the writer failed; its error is reported below.
+                if batches.send(std::mem::take(&mut batch)).await.is_err() {
+                    break;
+                }
+            }
+            if end {
+                break;
             }
         }
-        drop(chunks);
+        drop(batches);
         let written = writer
             .await
             .map_err(|err| Error::Storage(format!("the upload writer stopped: {err}")))?;
