@@ -59,16 +59,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
         max_connections: 2,
         acquire_timeout: config.metadata.acquire_timeout.0,
     };
-    let store = metadata_postgres::PostgresStore::connect(url.expose(), settings)
-        .await
-        .context("connecting to the Postgres database")?;
-    let schema = store
-        .schema()
-        .await
-        .context("reading the Postgres schema's migrations")?;
-    if !schema.is_current() {
-        return Err(crate::migrate::refusal(&schema));
-    }
+    let store = crate::serve::connect_current(url.expose(), settings).await?;
     let imported = store
         .import_sqlite(&database)
         .await

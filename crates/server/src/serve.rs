@@ -231,6 +231,24 @@ pub fn pool_settings(config: &Config) -> metadata_postgres::PoolSettings {
     }
 }
 
+/// Connects to Postgres, refusing a schema that is not exactly this release's.
+pub async fn connect_current(
+    url: &str,
+    settings: metadata_postgres::PoolSettings,
+) -> anyhow::Result<metadata_postgres::PostgresStore> {
+    let store = metadata_postgres::PostgresStore::connect(url, settings)
+        .await
+        .context("connecting to the Postgres metadata database")?;
+    let schema = store
+        .schema()
+        .await
+        .context("reading the Postgres schema's migrations")?;
+    if !schema.is_current() {
+        return Err(crate::migrate::refusal(&schema));
+    }
+    Ok(store)
+}
+
 /// The configured metadata store, as the two traits the registry and access control use.
 /// Postgres must already carry exactly this release's schema (`bulwark migrate`); embedded
 /// SQLite is migrated here (see `migrate`).
@@ -239,17 +257,7 @@ async fn open_stores(
 ) -> anyhow::Result<(Arc<dyn MetadataStore>, Arc<dyn IdentityStore>)> {
     match &config.metadata.postgres_url {
         Some(url) => {
-            let store =
-                metadata_postgres::PostgresStore::connect(url.expose(), pool_settings(config))
-                    .await
-                    .context("connecting to the Postgres metadata database")?;
-            let schema = store
-                .schema()
-                .await
-                .context("reading the Postgres schema's migrations")?;
-            if !schema.is_current() {
-                return Err(crate::migrate::refusal(&schema));
-            }
+            let store = connect_current(url.expose(), pool_settings(config)).await?;
             tracing::info!("metadata in Postgres");
             let store = Arc::new(store);
             Ok((store.clone(), store))
