@@ -427,8 +427,8 @@ mod tests {
         let data: Vec<u8> = (0..5 * 1024 * 1024 + 12_345u32)
             .map(|n| (n.wrapping_mul(2_654_435_761) >> 24) as u8)
             .collect();
-        // Starts at 0 (direct writes, then a partial last block), at an aligned offset, at an
-        // unaligned one (buffered), and finishes with the rest.
+        // Chunks larger than the write buffer, starting at 0 and at offsets inside it, then
+        // the rest with the finishing request.
         let cuts = [
             0,
             2 * 1024 * 1024 + 100,

@@ -1,6 +1,7 @@
 //! Upload staging on local disk: one file per session under `uploads/`, written at the
 //! session's acknowledged offset and moved into place with one atomic rename.
 
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path as FsPath, PathBuf};
 
 use crate::hash::Sha256State;
@@ -11,9 +12,6 @@ use oci::Digest;
 
 /// Bytes collected before one write: few system calls per GiB, bounded memory per upload.
 const WRITE_BUFFER: usize = 1024 * 1024;
-/// `O_DIRECT` wants buffers, offsets and lengths aligned to the device's block; 4 KiB covers
-/// every common one.
-const ALIGN: usize = 4096;
 /// Bytes of request chunks handed to the writing thread at once, and how many such batches
 /// may wait for it.
 const BATCH_BYTES: usize = 256 * 1024;
@@ -33,98 +31,19 @@ fn write_staging(
         .open(path)
         .map_err(storage)?;
     file.set_len(offset).map_err(storage)?;
-    let mut out = StagingWriter::new(file, path, offset)?;
+    let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, file);
+    out.seek(SeekFrom::Start(offset)).map_err(storage)?;
     let mut written = 0u64;
     while let Some(batch) = received.blocking_recv() {
         for chunk in batch {
             hash.update(&chunk);
-            out.write(&chunk)?;
+            out.write_all(&chunk).map_err(storage)?;
             written += chunk.len() as u64;
         }
     }
-    out.finish()?;
+    let file = out.into_inner().map_err(|err| storage(err.error()))?;
+    file.sync_data().map_err(storage)?;
     Ok((written, hash))
-}
-
-/// Writes a staging file in large aligned blocks with `O_DIRECT` where the filesystem allows
-/// it: this VM's page cache makes buffered writes several times as expensive once a GiB or so
-/// is dirty, and upload bytes are not read again soon. Writes that cannot be aligned (a start
-/// inside a block, the last partial block) go through the page cache.
-struct StagingWriter {
-    file: std::fs::File,
-    direct: Option<std::fs::File>,
-    buffer: Vec<u8>,
-    /// Where the aligned window of `buffer` starts.
-    start: usize,
-    filled: usize,
-    position: u64,
-}
-
-impl StagingWriter {
-    fn new(file: std::fs::File, path: &FsPath, offset: u64) -> Result<StagingWriter, Error> {
-        let direct = offset
-            .is_multiple_of(ALIGN as u64)
-            .then(|| {
-                use std::os::unix::fs::OpenOptionsExt;
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_DIRECT)
-                    .open(path)
-                    .ok()
-            })
-            .flatten();
-        let buffer = vec![0u8; WRITE_BUFFER + ALIGN];
-        let start = (ALIGN - buffer.as_ptr() as usize % ALIGN) % ALIGN;
-        Ok(StagingWriter {
-            file,
-            direct,
-            buffer,
-            start,
-            filled: 0,
-            position: offset,
-        })
-    }
-
-    fn write(&mut self, mut bytes: &[u8]) -> Result<(), Error> {
-        while !bytes.is_empty() {
-            let room = WRITE_BUFFER - self.filled;
-            let take = room.min(bytes.len());
-            let at = self.start + self.filled;
-            self.buffer[at..at + take].copy_from_slice(&bytes[..take]);
-            self.filled += take;
-            bytes = &bytes[take..];
-            if self.filled == WRITE_BUFFER {
-                self.flush(WRITE_BUFFER)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes the first `len` buffered bytes (`len` a multiple of `ALIGN` for direct writes).
-    fn flush(&mut self, len: usize) -> Result<(), Error> {
-        use std::os::unix::fs::FileExt;
-        let bytes = &self.buffer[self.start..self.start + len];
-        let target = self.direct.as_ref().unwrap_or(&self.file);
-        target.write_all_at(bytes, self.position).map_err(storage)?;
-        self.position += len as u64;
-        self.buffer
-            .copy_within(self.start + len..self.start + self.filled, self.start);
-        self.filled -= len;
-        Ok(())
-    }
-
-    fn finish(mut self) -> Result<(), Error> {
-        let aligned = self.filled - self.filled % ALIGN;
-        if aligned > 0 {
-            self.flush(aligned)?;
-        }
-        // The last partial block cannot be written directly.
-        self.direct = None;
-        if self.filled > 0 {
-            self.flush(self.filled)?;
-        }
-        self.file.sync_data().map_err(storage)
-    }
 }
 
 pub(crate) struct LocalStaging {
