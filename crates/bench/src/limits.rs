@@ -243,10 +243,6 @@ async fn loopback_tls(certificates: &Certificates, limits: &mut Limits) -> anyho
             format!("tls_small_get_c{concurrency}_rps"),
             run.requests as f64 / run.elapsed.as_secs_f64(),
         );
-        limits.insert(
-            format!("tls_small_get_c{concurrency}_client_cores"),
-            run.client_cores,
-        );
     }
     Ok(())
 }

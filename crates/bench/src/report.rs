@@ -389,6 +389,9 @@ pub fn render(machine: &[String], limits: &Limits, runs: &[Run]) -> String {
         }
     }
 
+    if runs.is_empty() {
+        return out;
+    }
     let _ = writeln!(
         out,
         "\n## Results\n\nMedian (min–max) of {repetitions} repetition(s), registries alternating. \
