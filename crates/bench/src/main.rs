@@ -75,6 +75,9 @@ struct PlanArgs {
     /// Blob size of each concurrent pusher, in MiB.
     #[arg(long, default_value_t = 10)]
     pusher_mib: u64,
+    /// Run only these groups of scenarios (comma-separated; default: all).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<scenarios::Group>,
     /// Let TLS negotiate HTTP/2 (one multiplexed connection) instead of HTTP/1.1.
     #[arg(long)]
     http2: bool,
@@ -90,6 +93,7 @@ impl PlanArgs {
             layer_size: self.layer_kib * 1024,
             pushers: self.pushers,
             pusher_size: self.pusher_mib * MIB,
+            only: self.only.clone(),
         }
     }
 }
@@ -191,11 +195,30 @@ fn bulwark_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(cargo) = std::env::var_os("CARGO") {
         eprintln!("building the release bulwark binary (cargo build --release --bin bulwark)");
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let status = std::process::Command::new(cargo)
+        let mut command = std::process::Command::new(cargo);
+        command
             .args(["build", "--release", "--bin", "bulwark"])
-            .current_dir(workspace)
-            .status()
-            .context("running cargo build")?;
+            .current_dir(workspace);
+        // `cargo run` describes this package to it in variables that build scripts (ring's)
+        // watch: passed on, they would make this build, and the next plain one, recompile.
+        for (key, _) in std::env::vars_os() {
+            let key_text = key.to_string_lossy();
+            if key_text.starts_with("CARGO_PKG_")
+                || matches!(
+                    key_text.as_ref(),
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_MANIFEST_LINKS"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_BIN_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "OUT_DIR"
+                )
+            {
+                command.env_remove(&key);
+            }
+        }
+        let status = command.status().context("running cargo build")?;
         if !status.success() {
             bail!("cargo build --release --bin bulwark failed ({status})");
         }

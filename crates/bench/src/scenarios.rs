@@ -39,6 +39,31 @@ pub struct Plan {
     pub layer_size: u64,
     pub pushers: usize,
     pub pusher_size: u64,
+    /// The groups of scenarios to run; empty means all.
+    pub only: Vec<Group>,
+}
+
+/// Groups of scenarios, to run a few of them (e.g. under a profiler).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Group {
+    /// The three 1 GiB pushes.
+    Pushes,
+    /// The 1 GiB pull (pushes the blob first, untimed, if `pushes` is not run).
+    Pull,
+    /// Blob `HEAD` latency (likewise).
+    Head,
+    /// Manifest `PUT`, `GET` and `HEAD` rates.
+    Manifests,
+    /// The 100-layer image.
+    Image,
+    /// The concurrent pushers.
+    Pushers,
+}
+
+impl Plan {
+    pub fn includes(&self, group: Group) -> bool {
+        self.only.is_empty() || self.only.contains(&group)
+    }
 }
 
 impl Default for Plan {
@@ -51,6 +76,7 @@ impl Default for Plan {
             layer_size: 100 * 1024,
             pushers: 32,
             pusher_size: 10 * MIB,
+            only: Vec::new(),
         }
     }
 }
@@ -222,6 +248,49 @@ pub async fn run(
         }
     }
 
+    if plan.includes(Group::Pushes) {
+        pushes(client, plan, blobs, pid, results).await?;
+    } else if plan.includes(Group::Pull) || plan.includes(Group::Head) {
+        let blob = &blobs.monolithic;
+        let upload = client.start_upload(push).await?;
+        client
+            .put_whole(&upload, &blob.payload, &blob.digest)
+            .await?;
+    }
+    if plan.includes(Group::Pull) {
+        pull(client, blobs, pid, results).await?;
+    }
+    if plan.includes(Group::Head) {
+        blob_head(client, plan, blobs, pid, results).await?;
+    }
+    if plan.includes(Group::Manifests) {
+        manifests(client, plan, blobs, pid, results).await?;
+    }
+    if plan.includes(Group::Image) {
+        client.refresh().await?;
+        let meter = Meter::start(pid);
+        push_image(client, &blobs.layers).await?;
+        let metered = meter.stop();
+        results.set("image_push_s", metered.elapsed.as_secs_f64());
+        results
+            .client_cores
+            .insert("image_push".into(), metered.client_cores);
+    }
+    if plan.includes(Group::Pushers) {
+        pushers(client, blobs, pid, results).await?;
+    }
+    Ok(())
+}
+
+/// The large blob pushed monolithically, in one streamed `PATCH`, and in chunks.
+async fn pushes(
+    client: &Client,
+    plan: &Plan,
+    blobs: &Blobs,
+    pid: Option<u32>,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let push = REPOSITORIES[0];
     client.refresh().await?;
     let blob = &blobs.monolithic;
     let meter = Meter::start(pid);
@@ -260,7 +329,16 @@ pub async fn run(
         let usage = Usage::of(pid)?;
         results.set("rss_peak_push_mib", usage.peak_bytes as f64 / MIB as f64);
     }
+    Ok(())
+}
 
+async fn pull(
+    client: &Client,
+    blobs: &Blobs,
+    pid: Option<u32>,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let push = REPOSITORIES[0];
     client.refresh().await?;
     let blob = &blobs.monolithic;
     let meter = Meter::start(pid);
@@ -269,7 +347,18 @@ pub async fn run(
         bail!("pulled {pulled} bytes of a {}-byte blob", blob.payload.size);
     }
     record_transfer(results, "pull", pulled, &meter.stop());
+    Ok(())
+}
 
+async fn blob_head(
+    client: &Client,
+    plan: &Plan,
+    blobs: &Blobs,
+    pid: Option<u32>,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let push = REPOSITORIES[0];
+    let blob = &blobs.monolithic;
     client.refresh().await?;
     let head = {
         let client = client.clone();
@@ -287,18 +376,15 @@ pub async fn run(
     };
     let run = load(1, plan.rate_duration, pid, head).await?;
     run.record(results, "blob_head");
+    Ok(())
+}
 
-    manifests(client, plan, blobs, pid, results).await?;
-
-    client.refresh().await?;
-    let meter = Meter::start(pid);
-    push_image(client, &blobs.layers).await?;
-    let metered = meter.stop();
-    results.set("image_push_s", metered.elapsed.as_secs_f64());
-    results
-        .client_cores
-        .insert("image_push".into(), metered.client_cores);
-
+async fn pushers(
+    client: &Client,
+    blobs: &Blobs,
+    pid: Option<u32>,
+    results: &mut Results,
+) -> anyhow::Result<()> {
     client.refresh().await?;
     if let Some(pid) = pid {
         reset_peak(pid);
