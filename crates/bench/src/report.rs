@@ -255,11 +255,6 @@ pub const LIMITS: &[(&str, &str, &str)] = &[
         "loopback TLS, 512-byte GET, trivial server, c=16",
         "req/s",
     ),
-    (
-        "tls_small_get_c16_client_cores",
-        "bench client CPU during that, c=16",
-        "cores",
-    ),
 ];
 
 /// One registry's results from one repetition.
@@ -444,28 +439,29 @@ pub fn render(machine: &[String], limits: &Limits, runs: &[Run]) -> String {
 
     let _ = writeln!(
         out,
-        "\n## Load generator CPU\n\nCores the bench process used while each scenario ran \
-         (median; 2.0 would be both cores of this machine).\n\n\
-         | scenario | against Bulwark | against Distribution |\n|---|---:|---:|"
+        "\n## CPU use\n\nCores used while each scenario ran, medians (2.0 would be both cores of this \
+         machine): the bench client's, to show it was not the bottleneck, and the server's.\n\n\
+         | scenario | bench client → Bulwark | Bulwark | bench client → Distribution | Distribution |\n\
+         |---|---:|---:|---:|---:|"
     );
-    let mut scenarios: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    // Scenario → [client vs Bulwark, Bulwark, client vs Distribution, Distribution].
+    let mut scenarios: BTreeMap<&str, [Vec<f64>; 4]> = BTreeMap::new();
     for run in runs {
+        let column = match run.kind {
+            Kind::Bulwark => 0,
+            Kind::Distribution => 2,
+        };
         for (scenario, cores) in &run.results.client_cores {
-            let entry = scenarios.entry(scenario).or_default();
-            match run.kind {
-                Kind::Bulwark => entry.0.push(*cores),
-                Kind::Distribution => entry.1.push(*cores),
-            }
+            scenarios.entry(scenario).or_default()[column].push(*cores);
+        }
+        for (scenario, cores) in &run.results.server_cores {
+            scenarios.entry(scenario).or_default()[column + 1].push(*cores);
         }
     }
-    for (scenario, (bulwark, distribution)) in scenarios {
-        let median = |v: &[f64]| Spread::of(v).map_or("–".into(), |s| number(s.median));
-        let _ = writeln!(
-            out,
-            "| {scenario} | {} | {} |",
-            median(&bulwark),
-            median(&distribution)
-        );
+    for (scenario, columns) in scenarios {
+        let [a, b, c, d] =
+            columns.map(|v| Spread::of(&v).map_or("–".into(), |s| number(s.median)));
+        let _ = writeln!(out, "| {scenario} | {a} | {b} | {c} | {d} |");
     }
 
     let _ = writeln!(
@@ -495,6 +491,7 @@ pub fn raw_json(machine: &[String], limits: &Limits, runs: &[Run]) -> serde_json
             "load_before": run.load_before,
             "figures": run.results.figures,
             "client_cores": run.results.client_cores,
+            "server_cores": run.results.server_cores,
         })).collect::<Vec<_>>(),
     })
 }
@@ -586,6 +583,7 @@ mod tests {
             results: Results {
                 figures: BTreeMap::from([("pull_mbps".to_owned(), value)]),
                 client_cores: BTreeMap::from([("pull".to_owned(), 0.5)]),
+                server_cores: BTreeMap::from([("pull".to_owned(), value / 1000.0)]),
             },
         };
         let runs = vec![
@@ -601,7 +599,10 @@ mod tests {
             text.contains("| pull 1 GiB | MB/s | 1900 (1800–2000) | 1200 (1000–1400) | 1.58× | ≥ 1.30× | met |"),
             "{text}"
         );
-        assert!(text.contains("| pull | 0.500 | 0.500 |"), "{text}");
+        assert!(
+            text.contains("| pull | 0.500 | 1.90 | 0.500 | 1.20 |"),
+            "{text}"
+        );
         assert!(
             text.contains("Median (min–max) of 3 repetition(s)"),
             "{text}"

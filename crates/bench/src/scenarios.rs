@@ -165,11 +165,21 @@ pub struct Results {
     pub figures: BTreeMap<String, f64>,
     /// Scenario → CPU cores the load generator used while it ran.
     pub client_cores: BTreeMap<String, f64>,
+    /// Scenario → CPU cores the server used meanwhile (when its process is known).
+    pub server_cores: BTreeMap<String, f64>,
 }
 
 impl Results {
     pub fn set(&mut self, key: impl Into<String>, value: f64) {
         self.figures.insert(key.into(), value);
+    }
+
+    /// Records the CPU both sides used during `scenario`.
+    fn cpu(&mut self, scenario: &str, client_cores: f64, server_cores: Option<f64>) {
+        self.client_cores.insert(scenario.to_owned(), client_cores);
+        if let Some(cores) = server_cores {
+            self.server_cores.insert(scenario.to_owned(), cores);
+        }
     }
 }
 
@@ -185,6 +195,13 @@ struct Metered {
     elapsed: Duration,
     client_cores: f64,
     server_cpu_seconds: Option<f64>,
+}
+
+impl Metered {
+    fn server_cores(&self) -> Option<f64> {
+        self.server_cpu_seconds
+            .map(|cpu| cpu / self.elapsed.as_secs_f64().max(1e-9))
+    }
 }
 
 impl Meter {
@@ -227,9 +244,7 @@ fn record_transfer(results: &mut Results, key: &str, bytes: u64, metered: &Meter
     if let Some(cpu) = metered.server_cpu_seconds {
         results.set(format!("{key}_cpu"), cpu / (bytes as f64 / GIB as f64));
     }
-    results
-        .client_cores
-        .insert(key.to_owned(), metered.client_cores);
+    results.cpu(key, metered.client_cores, metered.server_cores());
 }
 
 /// Runs every scenario against `client`'s registry, whose process is `pid` when local.
@@ -272,9 +287,7 @@ pub async fn run(
         push_image(client, &blobs.layers).await?;
         let metered = meter.stop();
         results.set("image_push_s", metered.elapsed.as_secs_f64());
-        results
-            .client_cores
-            .insert("image_push".into(), metered.client_cores);
+        results.cpu("image_push", metered.client_cores, metered.server_cores());
     }
     if plan.includes(Group::Pushers) {
         pushers(client, blobs, pid, results).await?;
@@ -553,6 +566,7 @@ pub(crate) struct LoadRun {
     pub elapsed: Duration,
     pub latencies: Latencies,
     pub client_cores: f64,
+    pub server_cores: Option<f64>,
 }
 
 impl LoadRun {
@@ -567,9 +581,7 @@ impl LoadRun {
         if let Some(p99) = self.latencies.millis(99.0) {
             results.set(format!("{name}_p99_ms"), p99);
         }
-        results
-            .client_cores
-            .insert(name.to_owned(), self.client_cores);
+        results.cpu(name, self.client_cores, self.server_cores);
     }
 }
 
@@ -633,5 +645,6 @@ where
         elapsed: started.elapsed(),
         latencies: Latencies::new(latencies),
         client_cores: metered.client_cores,
+        server_cores: metered.server_cores(),
     })
 }
