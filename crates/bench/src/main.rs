@@ -113,11 +113,36 @@ struct CompareArgs {
     /// Skip measuring the machine's limits.
     #[arg(long)]
     skip_limits: bool,
-    /// Also write every raw value as JSON here.
+    /// Also write every raw value as JSON here (rewritten after each registry run).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Also write the report here, rewritten after each registry run, so an interrupted
+    /// comparison keeps what it measured.
+    #[arg(long)]
+    report: Option<PathBuf>,
     #[command(flatten)]
     plan: PlanArgs,
+}
+
+/// Writes the report files asked for, from the runs so far.
+fn save(
+    args: &CompareArgs,
+    machine: &[String],
+    limits: &limits::Limits,
+    runs: &[Run],
+) -> anyhow::Result<()> {
+    if let Some(path) = &args.json {
+        std::fs::write(
+            path,
+            serde_json::to_vec_pretty(&report::raw_json(machine, limits, runs))?,
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.report {
+        std::fs::write(path, report::render(machine, limits, runs))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -299,6 +324,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
                 load_before,
                 results,
             });
+            save(&args, &machine, &limits, &runs)?;
         }
     }
 
@@ -308,13 +334,6 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         "the whole comparison took {:.0}s",
         started.elapsed().as_secs_f64()
     );
-    if let Some(path) = args.json {
-        std::fs::write(
-            &path,
-            serde_json::to_vec_pretty(&report::raw_json(&machine, &limits, &runs))?,
-        )
-        .with_context(|| format!("writing {}", path.display()))?;
-    }
     Ok(())
 }
 
