@@ -17,6 +17,7 @@
 //!   the same part numbers; the loser's bytes cannot slip into the blob because completion
 //!   names each part by the content id (ETag) the winner recorded, which the store checks.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -43,14 +44,14 @@ pub(crate) struct RemoteStaging {
 /// Bytes received but not yet in a part.
 #[derive(Default)]
 struct Pending {
-    chunks: Vec<Bytes>,
+    chunks: VecDeque<Bytes>,
     len: usize,
 }
 
 impl Pending {
     fn push(&mut self, chunk: Bytes) {
         self.len += chunk.len();
-        self.chunks.push(chunk);
+        self.chunks.push_back(chunk);
     }
 
     /// Takes the first `size` bytes (the caller checked that there are that many).
@@ -58,12 +59,12 @@ impl Pending {
         let mut taken = Vec::new();
         let mut wanted = size;
         while wanted > 0 {
-            let Some(first) = self.chunks.first_mut() else {
+            let Some(first) = self.chunks.front_mut() else {
                 break;
             };
             if first.len() <= wanted {
                 wanted -= first.len();
-                taken.push(self.chunks.remove(0));
+                taken.extend(self.chunks.pop_front());
             } else {
                 taken.push(first.split_to(wanted));
                 wanted = 0;

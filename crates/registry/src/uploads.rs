@@ -315,14 +315,14 @@ impl Registry {
         E: std::fmt::Display,
     {
         let (_writing, record) = self.session_to_write(repository, id, owner).await?;
+        let before = Self::state(&record)?;
         if digest.algorithm() != Algorithm::Sha256 {
-            self.discard(&record).await;
+            self.discard(record.id, &before).await;
             return Err(Error::DigestInvalid(format!(
                 "digest {digest} uses an algorithm this registry does not compute; use sha256"
             )));
         }
         Self::check_start(&record, range)?;
-        let before = Self::state(&record)?;
         let session = record.id.to_string();
         let finishing = self
             .blobs
@@ -336,10 +336,8 @@ impl Registry {
         }
         if finishing.digest != *digest {
             let actual = finishing.digest.clone();
-            if let Err(err) = self.blobs.abort(&session, &finishing.state).await {
-                tracing::warn!(upload = %session, "could not remove the bytes of upload {session}: {err}");
-            }
-            self.discard(&record).await;
+            // The finishing state holds everything the record's state staged, and more.
+            self.discard(record.id, &finishing.state).await;
             return Err(Error::DigestInvalid(format!(
                 "the uploaded content has digest {actual}, not {digest}"
             )));
@@ -369,17 +367,13 @@ impl Registry {
     }
 
     /// Best effort: a failure here leaves a session that expiry removes later.
-    async fn discard(&self, record: &UploadRecord) {
-        let id = record.id.to_string();
-        let aborted = match Self::state(record) {
-            Ok(state) => self.blobs.abort(&id, &state).await,
-            Err(err) => Err(blobstore::Error::Storage(err.to_string())),
-        };
-        if let Err(err) = aborted {
-            tracing::warn!(upload = %id, "could not remove the bytes of upload {id}: {err}");
+    async fn discard(&self, id: UploadId, staged: &UploadState) {
+        let session = id.to_string();
+        if let Err(err) = self.blobs.abort(&session, staged).await {
+            tracing::warn!(upload = %session, "could not remove the bytes of upload {session}: {err}");
         }
-        if let Err(err) = self.metadata.delete_upload(record.id).await {
-            tracing::warn!(upload = %id, "could not remove upload {id}: {err}");
+        if let Err(err) = self.metadata.delete_upload(id).await {
+            tracing::warn!(upload = %session, "could not remove upload {session}: {err}");
         }
     }
 
