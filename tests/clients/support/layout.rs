@@ -2,11 +2,12 @@
 //! digest before a client touches the image, and read back after a client wrote one.
 //!
 //! An image is one layer holding `/bin/busybox` (a real static executable) and a small marker
-//! file, a config whose entrypoint runs it, and a manifest; an index groups images of several
-//! architectures.
+//! file, optionally followed by data layers of random bytes, a config whose entrypoint runs it,
+//! and a manifest; an index groups images of several architectures.
 //!
 //! Invariants:
-//! - Output is deterministic: the same architecture and marker give the same digests.
+//! - Output is deterministic: the same architecture and marker give the same digests (data
+//!   layers, being random, are unique to each call).
 //! - Layers are gzip streams made of *stored* deflate blocks: valid gzip that every client
 //!   reads, so clients push them as they are (an uncompressed layer would be recompressed on
 //!   push, changing digests), without a compression library or its cost in a debug build.
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use super::sha256_digest;
+use super::{random_bytes, sha256_digest};
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -98,9 +99,29 @@ impl Layout {
 
     /// Writes a busybox image for `architecture`; `marker` makes its layer unique.
     pub fn add_image(&mut self, architecture: &str, marker: &str) -> Image {
-        let tar = busybox_rootfs(&format!("{marker} {architecture}"));
-        let diff_id = sha256_digest(&tar);
-        let layer = self.put_blob(OCI_LAYER_GZIP, &gzip_stored(&tar));
+        self.add_image_with_data(architecture, marker, &[])
+    }
+
+    /// Writes a busybox image for `architecture` with one more layer per entry of
+    /// `data_layers`, each a tar holding one file of that many random bytes.
+    pub fn add_image_with_data(
+        &mut self,
+        architecture: &str,
+        marker: &str,
+        data_layers: &[usize],
+    ) -> Image {
+        let mut tars = vec![busybox_rootfs(&format!("{marker} {architecture}"))];
+        for (n, len) in data_layers.iter().enumerate() {
+            let mut tar = TarWriter::default();
+            tar.directory("data/");
+            tar.file(&format!("data/{n}"), 0o644, &random_bytes(*len));
+            tars.push(tar.finish());
+        }
+        let diff_ids: Vec<String> = tars.iter().map(|tar| sha256_digest(tar)).collect();
+        let layers: Vec<Descriptor> = tars
+            .iter()
+            .map(|tar| self.put_blob(OCI_LAYER_GZIP, &gzip_stored(tar)))
+            .collect();
         let config = json!({
             "architecture": architecture,
             "os": "linux",
@@ -108,7 +129,7 @@ impl Layout {
                 "Entrypoint": ["/bin/busybox"],
                 "Labels": { "org.opencontainers.image.description": marker },
             },
-            "rootfs": { "type": "layers", "diff_ids": [diff_id] },
+            "rootfs": { "type": "layers", "diff_ids": diff_ids },
             "history": [{ "created_by": "bulwark black-box tests" }],
         });
         let config = self.put_blob(OCI_CONFIG, &to_json(&config));
@@ -116,14 +137,14 @@ impl Layout {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
             "config": config.json(),
-            "layers": [layer.json()],
+            "layers": layers.iter().map(Descriptor::json).collect::<Vec<_>>(),
         }));
         let descriptor = self.put_blob(OCI_MANIFEST, &manifest);
         Image {
             manifest,
             descriptor,
             architecture: architecture.to_owned(),
-            layers: vec![layer],
+            layers,
         }
     }
 

@@ -1,5 +1,6 @@
 //! What every black-box test stands on: the real `bulwark` binary as a guard (`server`), the
 //! real client programs in an environment isolated from the host's configuration (`clients`),
+//! a real load balancer in front of several replicas (`balancer`),
 //! a Docker engine of the test's own that verifies TLS (`docker`), HTTPS requests that trust
 //! only the server's CA (`http`), and OCI image layouts written byte for byte (`layout`).
 //!
@@ -8,6 +9,7 @@
 //! - Every test gets its own server, data directory and client storage, so tests run in
 //!   parallel without seeing each other's state.
 
+pub mod balancer;
 pub mod clients;
 pub mod docker;
 pub mod http;

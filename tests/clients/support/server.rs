@@ -14,6 +14,7 @@
 //!   on first start from `BULWARK_ADMIN_PASSWORD`; no other `BULWARK_*` variable of the
 //!   developer's environment reaches it.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -271,6 +272,36 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The bytes each established connection to the server has received so far, by peer
+    /// address, as the kernel counts them (`ss`): what a request is sending right now, even
+    /// before the server answers it.
+    pub fn received_by_connection(&self) -> HashMap<String, u64> {
+        let output = Command::new("ss")
+            .args(["-tnHi", "state", "established"])
+            .arg(format!("sport = :{}", self.port))
+            .output()
+            .expect("running ss (iproute2)");
+        assert!(output.status.success(), "ss failed: {output:?}");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let mut received = HashMap::new();
+        let mut peer = None;
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // A socket's line (`Recv-Q Send-Q Local Peer`) is followed by its details line.
+            if fields.len() == 4 && fields[2].ends_with(&format!(":{}", self.port)) {
+                peer = Some(fields[3].to_owned());
+            } else if let Some(peer) = peer.take() {
+                let bytes = fields
+                    .iter()
+                    .find_map(|field| field.strip_prefix("bytes_received:"))
+                    .and_then(|value| value.parse().ok())
+                    .unwrap_or(0);
+                received.insert(peer, bytes);
+            }
+        }
+        received
     }
 
     /// Kills the process with SIGKILL, as a crash or an OOM kill would, and reaps it.
