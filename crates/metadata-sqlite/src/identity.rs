@@ -75,7 +75,7 @@ impl IdentityStore for SqliteStore {
             .bind(record.admin)
             .bind(record.disabled)
             .bind(record.created_at)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(|err| conflict_on_unique(err, format!("user {} exists already", record.name)))?;
         Ok(())
@@ -84,7 +84,7 @@ impl IdentityStore for SqliteStore {
     async fn user(&self, name: &str) -> Result<Option<UserRecord>, Error> {
         let row = sqlx::query("SELECT * FROM users WHERE name = ?")
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reader)
             .await
             .map_err(backend)?;
         Ok(row.as_ref().map(user))
@@ -94,7 +94,7 @@ impl IdentityStore for SqliteStore {
         let rows = sqlx::query("SELECT * FROM users WHERE name > ? ORDER BY name LIMIT ?")
             .bind(after.unwrap_or(""))
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reader)
             .await
             .map_err(backend)?;
         Ok(rows.iter().map(user).collect())
@@ -129,7 +129,7 @@ impl IdentityStore for SqliteStore {
     async fn delete_user(&self, name: &str) -> Result<bool, Error> {
         let result = sqlx::query("DELETE FROM users WHERE name = ?")
             .bind(name)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(backend)?;
         Ok(result.rows_affected() > 0)
@@ -140,7 +140,7 @@ impl IdentityStore for SqliteStore {
             .bind(&record.name)
             .bind(record.public)
             .bind(record.created_at)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(|err| {
                 conflict_on_unique(err, format!("project {} exists already", record.name))
@@ -151,7 +151,7 @@ impl IdentityStore for SqliteStore {
     async fn project(&self, name: &str) -> Result<Option<ProjectRecord>, Error> {
         let row = sqlx::query("SELECT * FROM projects WHERE name = ?")
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reader)
             .await
             .map_err(backend)?;
         Ok(row.as_ref().map(project))
@@ -165,7 +165,7 @@ impl IdentityStore for SqliteStore {
         let rows = sqlx::query("SELECT * FROM projects WHERE name > ? ORDER BY name LIMIT ?")
             .bind(after.unwrap_or(""))
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reader)
             .await
             .map_err(backend)?;
         Ok(rows.iter().map(project).collect())
@@ -175,7 +175,7 @@ impl IdentityStore for SqliteStore {
         let result = sqlx::query("UPDATE projects SET public = ? WHERE name = ?")
             .bind(public)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(backend)?;
         Ok(result.rows_affected() > 0)
@@ -222,7 +222,7 @@ impl IdentityStore for SqliteStore {
              WHERE p.name = ? ORDER BY u.name",
         )
         .bind(name)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await
         .map_err(backend)?;
         let Some(first) = rows.first() else {
@@ -273,7 +273,7 @@ impl IdentityStore for SqliteStore {
         )
         .bind(project)
         .bind(user)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(backend)?;
         Ok(result.rows_affected() > 0)
@@ -312,7 +312,7 @@ impl IdentityStore for SqliteStore {
     async fn robot(&self, name: &str) -> Result<Option<RobotRecord>, Error> {
         let row = sqlx::query(&format!("SELECT {ROBOT_COLUMNS} FROM robots r LEFT JOIN projects p ON p.id = r.project_id WHERE r.name = ?"))
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reader)
             .await
             .map_err(backend)?;
         Ok(row.as_ref().map(robot))
@@ -325,7 +325,7 @@ impl IdentityStore for SqliteStore {
         ))
         .bind(project)
         .bind(project)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await
         .map_err(backend)?;
         Ok(rows.iter().map(robot).collect())
@@ -341,7 +341,7 @@ impl IdentityStore for SqliteStore {
             .bind(secret_hash)
             .bind(expires_at)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(backend)?;
         Ok(result.rows_affected() > 0)
@@ -350,7 +350,7 @@ impl IdentityStore for SqliteStore {
     async fn revoke_robot(&self, name: &str) -> Result<bool, Error> {
         let result = sqlx::query("UPDATE robots SET revoked = 1 WHERE name = ?")
             .bind(name)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(backend)?;
         Ok(result.rows_affected() > 0)
@@ -371,7 +371,7 @@ impl IdentityStore for SqliteStore {
         .bind(record.expires_at)
         .bind(record.created_at)
         .bind(&record.user)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(backend)?;
         if result.rows_affected() == 0 {
@@ -385,7 +385,7 @@ impl IdentityStore for SqliteStore {
             "SELECT {TOKEN_COLUMNS} FROM access_tokens t JOIN users u ON u.id = t.user_id WHERE u.name = ? ORDER BY t.created_at, t.id"
         ))
         .bind(user)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await
         .map_err(backend)?;
         Ok(rows.iter().map(access_token).collect())
@@ -395,7 +395,7 @@ impl IdentityStore for SqliteStore {
         let result = sqlx::query("UPDATE access_tokens SET revoked = 1 WHERE id = ? AND user_id = (SELECT id FROM users WHERE name = ?)")
             .bind(id)
             .bind(user)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(backend)?;
         Ok(result.rows_affected() > 0)
@@ -408,14 +408,14 @@ impl IdentityStore for SqliteStore {
     ) -> Result<Option<SecretOwner>, Error> {
         let row = sqlx::query(&format!("SELECT {ROBOT_COLUMNS} FROM robots r LEFT JOIN projects p ON p.id = r.project_id WHERE r.secret_hash = ?"))
             .bind(secret_hash)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reader)
             .await
             .map_err(backend)?;
         if let Some(row) = row {
             sqlx::query("UPDATE robots SET last_used_at = ? WHERE secret_hash = ?")
                 .bind(now)
                 .bind(secret_hash)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(backend)?;
             return Ok(Some(SecretOwner::Robot(robot(&row))));
@@ -425,7 +425,7 @@ impl IdentityStore for SqliteStore {
              FROM access_tokens t JOIN users u ON u.id = t.user_id WHERE t.secret_hash = ?"
         ))
         .bind(secret_hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await
         .map_err(backend)?;
         let Some(row) = row else {
@@ -434,7 +434,7 @@ impl IdentityStore for SqliteStore {
         sqlx::query("UPDATE access_tokens SET last_used_at = ? WHERE secret_hash = ?")
             .bind(now)
             .bind(secret_hash)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(backend)?;
         let token = access_token(&row);
@@ -451,7 +451,7 @@ impl IdentityStore for SqliteStore {
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, Error> {
         let rows =
             sqlx::query("SELECT kid, pem, created_at FROM signing_keys ORDER BY created_at, kid")
-                .fetch_all(&self.pool)
+                .fetch_all(&self.reader)
                 .await
                 .map_err(backend)?;
         Ok(rows
@@ -469,7 +469,7 @@ impl IdentityStore for SqliteStore {
             .bind(&key.kid)
             .bind(&key.pem)
             .bind(key.created_at)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(backend)?;
         Ok(())
@@ -480,7 +480,7 @@ impl IdentityStore for SqliteStore {
             .bind(&key.kid)
             .bind(&key.pem)
             .bind(key.created_at)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(backend)?;
         Ok(())
@@ -495,7 +495,7 @@ impl IdentityStore for SqliteStore {
             .bind(&event.result)
             .bind(event.reason.as_deref())
             .bind(event.client.as_deref())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(backend)?;
         Ok(())
@@ -524,7 +524,7 @@ impl IdentityStore for SqliteStore {
         .bind(filter.before_id)
         .bind(filter.before_id)
         .bind(i64::from(filter.limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await
         .map_err(backend)?;
         Ok(rows

@@ -2,6 +2,12 @@
 //!
 //! Invariants:
 //! - The database runs in WAL mode, so readers never wait for the writer.
+//! - Every write goes through `writer`, a pool of one connection: SQLite has one writer at a
+//!   time anyway, and queueing writers in the pool (woken the moment the connection is free)
+//!   replaces SQLite's busy handler, which sleeps 1, 2, 5 … 100 ms between attempts and made
+//!   concurrent pushes wait on timers, not on work. Reads go through `reader`, whose
+//!   connections are `query_only`, so a write sent there by mistake fails instead of
+//!   contending. The busy timeout stays for other processes (a CLI on the same file).
 //! - Every write transaction starts with `BEGIN IMMEDIATE`: SQLite cannot upgrade a read
 //!   transaction to a write one while another writer is active, and a deferred `BEGIN` would
 //!   turn ordinary contention into `SQLITE_BUSY` errors instead of a short wait.
@@ -31,7 +37,10 @@ use sqlx::{Connection, Row, SqlitePool};
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
 
 pub struct SqliteStore {
-    pub(crate) pool: SqlitePool,
+    /// Connections for reads only (`query_only`), any number at once.
+    pub(crate) reader: SqlitePool,
+    /// The one connection every write uses.
+    pub(crate) writer: SqlitePool,
 }
 
 pub(crate) fn backend(err: sqlx::Error) -> Error {
@@ -99,19 +108,25 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
+        // The writer first: it creates the file and switches it to WAL.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
             .await
             .map_err(backend)?;
-        Ok(SqliteStore { pool })
+        let reader = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options.pragma("query_only", "ON"))
+            .await
+            .map_err(backend)?;
+        Ok(SqliteStore { reader, writer })
     }
 
     /// Applies the migrations the database lacks, each in its own transaction, and says which;
     /// refuses (applying nothing) when the database holds migrations this binary does not
     /// know, knows otherwise, or saw fail.
     pub async fn migrate(&self) -> Result<MigrationRun, Error> {
-        let mut conn = self.pool.acquire().await.map_err(backend)?.detach();
+        let mut conn = self.writer.acquire().await.map_err(backend)?.detach();
         conn.ensure_migrations_table()
             .await
             .map_err(migration_failed)?;
@@ -149,11 +164,12 @@ impl SqliteStore {
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.reader.close().await;
+        self.writer.close().await;
     }
 
     pub(crate) async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, Error> {
-        self.pool
+        self.writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(backend)
@@ -250,7 +266,7 @@ impl MetadataStore for SqliteStore {
         let size: Option<i64> = sqlx::query_scalar(BLOB_SIZE)
             .bind(repository.as_str())
             .bind(digest.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reader)
             .await
             .map_err(backend)?;
         Ok(size.map(to_u64))
@@ -303,7 +319,7 @@ impl MetadataStore for SqliteStore {
         )
         .bind(repository.as_str())
         .bind(digest.to_string())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(backend)?;
         Ok(result.rows_affected() > 0)
@@ -406,7 +422,7 @@ impl MetadataStore for SqliteStore {
         ))
         .bind(repository.as_str())
         .bind(tag.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await
         .map_err(backend)?;
         row.as_ref().map(manifest_record).transpose()
@@ -424,7 +440,7 @@ impl MetadataStore for SqliteStore {
         ))
         .bind(repository.as_str())
         .bind(digest.to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await
         .map_err(backend)?;
         row.as_ref().map(manifest_record).transpose()
@@ -442,7 +458,7 @@ impl MetadataStore for SqliteStore {
         )
         .bind(repository.as_str())
         .bind(digest.to_string())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(backend)?;
         Ok(result.rows_affected() > 0)
@@ -455,7 +471,7 @@ impl MetadataStore for SqliteStore {
         )
         .bind(repository.as_str())
         .bind(tag.as_str())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(backend)?;
         Ok(result.rows_affected() > 0)
@@ -469,7 +485,7 @@ impl MetadataStore for SqliteStore {
         let repository_id: Option<i64> =
             sqlx::query_scalar("SELECT id FROM repositories WHERE name = ?")
                 .bind(repository.as_str())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.reader)
                 .await
                 .map_err(backend)?;
         let Some(repository_id) = repository_id else {
@@ -481,7 +497,7 @@ impl MetadataStore for SqliteStore {
         .bind(repository_id)
         .bind(page.after.as_deref().unwrap_or(""))
         .bind(i64::from(page.limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await
         .map_err(backend)?;
         Ok(Some(tags))
@@ -491,7 +507,7 @@ impl MetadataStore for SqliteStore {
         sqlx::query_scalar("SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?")
             .bind(page.after.as_deref().unwrap_or(""))
             .bind(i64::from(page.limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reader)
             .await
             .map_err(backend)
     }
@@ -512,7 +528,7 @@ impl MetadataStore for SqliteStore {
         .bind(subject.to_string())
         .bind(artifact_type)
         .bind(artifact_type)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await
         .map_err(backend)?;
         rows.iter()
@@ -539,7 +555,7 @@ impl MetadataStore for SqliteStore {
             .bind(upload.principal.as_deref())
             .bind(upload.created_at)
             .bind(upload.updated_at)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(backend)?;
         Ok(())
@@ -548,7 +564,7 @@ impl MetadataStore for SqliteStore {
     async fn upload(&self, id: UploadId) -> Result<Option<UploadRecord>, Error> {
         let row = sqlx::query("SELECT * FROM uploads WHERE id = ?")
             .bind(id.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reader)
             .await
             .map_err(backend)?;
         row.as_ref().map(upload_record).transpose()
@@ -570,7 +586,7 @@ impl MetadataStore for SqliteStore {
             .bind(now)
             .bind(id.to_string())
             .bind(to_i64(expected_offset))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(backend)?;
         Ok(result.rows_affected() > 0)
@@ -579,7 +595,7 @@ impl MetadataStore for SqliteStore {
     async fn delete_upload(&self, id: UploadId) -> Result<bool, Error> {
         let result = sqlx::query("DELETE FROM uploads WHERE id = ?")
             .bind(id.to_string())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(backend)?;
         Ok(result.rows_affected() > 0)
@@ -600,7 +616,7 @@ impl MetadataStore for SqliteStore {
         .bind(now)
         .bind(before)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writer)
         .await
         .map_err(backend)?;
         let mut claimed = rows
@@ -635,6 +651,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn reads_cannot_write_and_writes_are_seen_by_reads_at_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("metadata.db"))
+            .await
+            .expect("open");
+        let refused = sqlx::query("INSERT INTO repositories (name, created_at) VALUES ('x', 0)")
+            .execute(&store.reader)
+            .await;
+        assert!(refused.is_err(), "a reader connection wrote");
+        let repository: RepositoryName = "team/app".parse().expect("a name");
+        let digest = Digest::sha256_from_bytes(&[7; 32]);
+        store
+            .link_blob(&repository, &digest, 4, 1)
+            .await
+            .expect("link");
+        assert_eq!(
+            store.blob_size(&repository, &digest).await.expect("read"),
+            Some(4)
+        );
+    }
+
+    #[tokio::test]
     async fn migrate_reports_what_it_applied_and_refuses_a_newer_schema() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = SqliteStore::connect(&dir.path().join("metadata.db"))
@@ -656,7 +694,7 @@ mod tests {
             "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
              VALUES (9999, 'from the future', TRUE, x'00', 0)",
         )
-        .execute(&store.pool)
+        .execute(&store.writer)
         .await
         .expect("record a newer migration");
         match store.migrate().await.expect("migrate") {
