@@ -181,19 +181,28 @@ async fn ensure_repository(
     repository: &RepositoryName,
     now: Timestamp,
 ) -> Result<i64, Error> {
-    sqlx::query(
-        "INSERT INTO repositories (name, created_at) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
-    )
-    .bind(repository.as_str())
-    .bind(now)
-    .execute(&mut *tx)
-    .await
-    .map_err(backend)?;
-    sqlx::query_scalar("SELECT id FROM repositories WHERE name = ?")
+    // The repository almost always exists: one lookup, and an insert only the first time.
+    let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM repositories WHERE name = ?")
         .bind(repository.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+    if let Some(id) = existing {
+        return Ok(id);
+    }
+    sqlx::query_scalar("INSERT INTO repositories (name, created_at) VALUES (?, ?) RETURNING id")
+        .bind(repository.as_str())
+        .bind(now)
         .fetch_one(&mut *tx)
         .await
         .map_err(backend)
+}
+
+/// `digests` as a JSON array, for `json_each`: a list bound as one parameter, so a manifest
+/// of any number of layers costs the same number of statements.
+fn json_list(digests: &[Digest]) -> String {
+    let texts: Vec<String> = digests.iter().map(ToString::to_string).collect();
+    serde_json::Value::from(texts).to_string()
 }
 
 async fn link(
@@ -328,31 +337,29 @@ impl MetadataStore for SqliteStore {
     async fn commit_manifest(&self, commit: ManifestCommit<'_>) -> Result<(), Error> {
         let mut tx = self.write().await?;
         let repository_id = ensure_repository(&mut tx, commit.repository, commit.now).await?;
-        let mut missing = Vec::new();
-        for blob in &commit.blobs {
-            let held: Option<i64> = sqlx::query_scalar(
-                "SELECT 1 FROM repository_blobs WHERE repository_id = ? AND digest = ?",
+        let blobs = json_list(&commit.blobs);
+        let children = json_list(&commit.children);
+        let mut missing: Vec<Digest> = Vec::new();
+        if !commit.blobs.is_empty() || !commit.children.is_empty() {
+            // Every reference the repository does not hold, blobs first, in one statement.
+            let absent: Vec<String> = sqlx::query_scalar(
+                "SELECT b.value FROM json_each(?2) b WHERE NOT EXISTS
+                   (SELECT 1 FROM repository_blobs WHERE repository_id = ?1 AND digest = b.value)
+                 UNION ALL
+                 SELECT c.value FROM json_each(?3) c WHERE NOT EXISTS
+                   (SELECT 1 FROM manifests WHERE repository_id = ?1 AND digest = c.value)",
             )
             .bind(repository_id)
-            .bind(blob.to_string())
-            .fetch_optional(&mut *tx)
+            .bind(&blobs)
+            .bind(&children)
+            .fetch_all(&mut *tx)
             .await
             .map_err(backend)?;
-            if held.is_none() && !missing.contains(blob) {
-                missing.push(blob.clone());
-            }
-        }
-        for child in &commit.children {
-            let held: Option<i64> = sqlx::query_scalar(
-                "SELECT 1 FROM manifests WHERE repository_id = ? AND digest = ?",
-            )
-            .bind(repository_id)
-            .bind(child.to_string())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend)?;
-            if held.is_none() && !missing.contains(child) {
-                missing.push(child.clone());
+            for text in absent {
+                let digest = parse_digest(&text)?;
+                if !missing.contains(&digest) {
+                    missing.push(digest);
+                }
             }
         }
         if !missing.is_empty() {
@@ -374,24 +381,20 @@ impl MetadataStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
-        let references = commit
-            .blobs
-            .iter()
-            .map(|d| (d, "blob"))
-            .chain(commit.children.iter().map(|d| (d, "manifest")));
-        for (target, kind) in references {
-            sqlx::query(
-                "INSERT INTO manifest_references (repository_id, manifest_digest, target_digest, kind)
-                 VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            )
-            .bind(repository_id)
-            .bind(&digest)
-            .bind(target.to_string())
-            .bind(kind)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        }
+        sqlx::query(
+            "INSERT INTO manifest_references (repository_id, manifest_digest, target_digest, kind)
+             SELECT ?1, ?2, value, 'blob' FROM json_each(?3)
+             UNION ALL
+             SELECT ?1, ?2, value, 'manifest' FROM json_each(?4) WHERE true
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(repository_id)
+        .bind(&digest)
+        .bind(&blobs)
+        .bind(&children)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
         if let Some(tag) = commit.tag {
             sqlx::query(
                 "INSERT INTO tags (repository_id, name, manifest_digest, updated_at) VALUES (?, ?, ?, ?)
