@@ -147,3 +147,21 @@ fn sigterm_closes_the_listener_but_lets_a_request_in_flight_finish() {
     assert_eq!(finished.status, 201, "{finished:?}");
     assert!(http.blob("team/drain", &sha256_digest(&blob)) == blob);
 }
+
+/// A first start listens while argon2 still hashes the admin's password: a login the moment
+/// the server listens waits for the account, and never fails with a 401.
+#[test]
+fn the_admin_logs_in_the_moment_a_first_start_listens() {
+    let server = Server::start();
+    let http = Http::new(&server);
+    let token = http.get("/auth/token?service=bulwark&scope=repository:team/first:pull,push");
+    assert_eq!(token.status, 200, "{}", token.text());
+    assert!(token.json()["token"].is_string(), "{}", token.text());
+    let base = http.get("/v2/");
+    assert_eq!(base.status, 200, "{}", base.text());
+    assert!(
+        server.wait_for_log("created the admin account", Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
+}

@@ -8,16 +8,30 @@
 //! Keys are P-256 ECDSA. Each has a `kid`; the first key of a `KeySet` signs, every key
 //! verifies, so rotating the signing key does not invalidate tokens already issued. Time is
 //! passed in: expiry and not-before are checked against the caller's `now`.
+//!
+//! A `KeySet` remembers the access tokens whose signature, issuer and audience it verified
+//! (`VerifiedTokens`, by SHA-256 of the token text, at most `VERIFIED_TOKENS_MAX`), so a client
+//! sending the same token with every request pays for one ES256 verification. Invariants:
+//! - What is remembered is what does not depend on time: the same text under the same keys
+//!   verifies the same way. Expiry, not-before and the token's kind are checked against `now`
+//!   on every use, cached or not, so the cache never extends a token's life.
+//! - Only successes are remembered, and only by the key set that verified them: its keys are
+//!   fixed when it is built (a rotation builds a new one), and a changed byte is another token.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 /// Clock skew tolerated between replicas for `nbf`, in seconds. Expiry is exact: a token's
 /// `expires_in` is what the client was promised, and no more.
 pub const LEEWAY: i64 = 30;
+
+/// How many verified access tokens a key set remembers: a few hundred bytes each.
+pub const VERIFIED_TOKENS_MAX: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessEntry {
@@ -138,6 +152,80 @@ pub struct KeySet {
     keys: Vec<SigningKey>,
     issuer: String,
     audience: String,
+    verified: VerifiedTokens,
+}
+
+/// Claims of access tokens whose signature, issuer and audience were verified, by SHA-256 of
+/// the token, until they expire. Bounded: when full, expired entries go first, then the entry
+/// that expires soonest.
+pub struct VerifiedTokens {
+    capacity: usize,
+    entries: Mutex<HashMap<[u8; 32], Claims>>,
+}
+
+impl std::fmt::Debug for VerifiedTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedTokens")
+            .field("capacity", &self.capacity)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl VerifiedTokens {
+    pub fn new(capacity: usize) -> VerifiedTokens {
+        VerifiedTokens {
+            capacity,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The key a token is remembered under: its hash, so an entry's size does not depend on
+    /// what a client sends, and the token text itself is not kept.
+    fn key(token: &str) -> [u8; 32] {
+        Sha256::digest(token.as_bytes()).into()
+    }
+
+    /// The remembered claims of `token`, if it was verified before. The caller still checks
+    /// time and kind.
+    fn get(&self, token: &str) -> Option<Claims> {
+        let key = VerifiedTokens::key(token);
+        self.entries.lock().ok()?.get(&key).cloned()
+    }
+
+    /// Remembers a verified token that is still useful at `now`.
+    fn insert(&self, token: &str, claims: &Claims, now: i64) {
+        if self.capacity == 0 || claims.exp <= now {
+            return;
+        }
+        let key = VerifiedTokens::key(token);
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        if entries.len() >= self.capacity && !entries.contains_key(&key) {
+            entries.retain(|_, remembered| remembered.exp > now);
+            while entries.len() >= self.capacity {
+                let soonest = entries
+                    .iter()
+                    .min_by_key(|(_, remembered)| remembered.exp)
+                    .map(|(key, _)| *key);
+                match soonest {
+                    Some(soonest) => entries.remove(&soonest),
+                    None => break,
+                };
+            }
+        }
+        entries.insert(key, claims.clone());
+    }
+
+    /// How many tokens are remembered.
+    pub fn len(&self) -> usize {
+        self.entries.lock().map_or(0, |entries| entries.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A signed token and when it stops working.
@@ -162,7 +250,19 @@ impl KeySet {
             keys,
             issuer: issuer.into(),
             audience: audience.into(),
+            verified: VerifiedTokens::new(VERIFIED_TOKENS_MAX),
         })
+    }
+
+    /// The same key set remembering at most `capacity` verified tokens (0: none).
+    pub fn with_verified_capacity(mut self, capacity: usize) -> KeySet {
+        self.verified = VerifiedTokens::new(capacity);
+        self
+    }
+
+    /// The access tokens this key set remembers as verified.
+    pub fn verified(&self) -> &VerifiedTokens {
+        &self.verified
     }
 
     pub fn audience(&self) -> &str {
@@ -258,6 +358,30 @@ impl KeySet {
         now: i64,
         check_expiry: bool,
     ) -> Result<Claims, TokenError> {
+        let claims = match self.verified.get(token) {
+            Some(claims) => claims,
+            None => {
+                let claims = self.verify_signature(token)?;
+                if !claims.refresh {
+                    self.verified.insert(token, &claims, now);
+                }
+                claims
+            }
+        };
+        if check_expiry && claims.exp <= now {
+            return Err(TokenError::Expired);
+        }
+        if claims.nbf > now + LEEWAY {
+            return Err(TokenError::NotYetValid);
+        }
+        if claims.refresh != refresh {
+            return Err(TokenError::WrongKind);
+        }
+        Ok(claims)
+    }
+
+    /// What does not depend on time: the key, the signature, the issuer and the audience.
+    fn verify_signature(&self, token: &str) -> Result<Claims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if header.alg != Algorithm::ES256 {
             return Err(TokenError::BadSignature);
@@ -287,15 +411,6 @@ impl KeySet {
         }
         if claims.aud != self.audience {
             return Err(TokenError::WrongAudience);
-        }
-        if check_expiry && claims.exp <= now {
-            return Err(TokenError::Expired);
-        }
-        if claims.nbf > now + LEEWAY {
-            return Err(TokenError::NotYetValid);
-        }
-        if claims.refresh != refresh {
-            return Err(TokenError::WrongKind);
         }
         Ok(claims)
     }
@@ -430,6 +545,178 @@ mod tests {
             keys.verify(&misaddressed, false, NOW),
             Err(TokenError::WrongAudience)
         );
+    }
+
+    #[test]
+    fn a_remembered_token_verifies_to_the_same_claims() {
+        let (key, _) = SigningKey::generate().expect("key");
+        let keys = keyset(vec![key]);
+        let token = keys
+            .issue("user:alice", pull("team/app"), false, 300, NOW, "j".into())
+            .expect("issue")
+            .token;
+        let first = keys.verify(&token, false, NOW).expect("verify");
+        assert_eq!(
+            keys.verified().len(),
+            1,
+            "a verified access token is remembered"
+        );
+        let again = keys.verify(&token, false, NOW + 10).expect("verify again");
+        assert_eq!(again, first);
+        assert_eq!(keys.verified().len(), 1);
+        assert_eq!(
+            keys.verify(&token, true, NOW + 10),
+            Err(TokenError::WrongKind),
+            "a remembered access token is still not a refresh token"
+        );
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires() {
+        let (key, _) = SigningKey::generate().expect("key");
+        let keys = keyset(vec![key]);
+        let token = keys
+            .issue("user:alice", pull("team/app"), false, 300, NOW, "j".into())
+            .expect("issue")
+            .token;
+        keys.verify(&token, false, NOW).expect("verify");
+        assert_eq!(keys.verified().len(), 1);
+        assert_eq!(
+            keys.verify(&token, false, NOW + 299)
+                .map(|claims| claims.sub),
+            Ok("user:alice".to_owned())
+        );
+        assert_eq!(
+            keys.verify(&token, false, NOW + 300),
+            Err(TokenError::Expired),
+            "expiry is exact, cached or not"
+        );
+        assert!(
+            keys.verify_allowing_expiry(&token, NOW + 3600).is_ok(),
+            "upload sessions may outlive their token"
+        );
+        assert_eq!(
+            keys.verify(&token, false, NOW - 2 * LEEWAY - 1),
+            Err(TokenError::NotYetValid),
+            "not-before is checked on every use too"
+        );
+    }
+
+    #[test]
+    fn a_tampered_copy_of_a_remembered_token_is_refused() {
+        let (key, _) = SigningKey::generate().expect("key");
+        let keys = keyset(vec![key]);
+        let token = keys
+            .issue("user:alice", pull("team/app"), false, 300, NOW, "j".into())
+            .expect("issue")
+            .token;
+        keys.verify(&token, false, NOW).expect("verify");
+
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        let mut claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[1]).expect("base64"))
+                .expect("json");
+        claims["access"][0]["actions"] = serde_json::json!(["pull", "push", "delete"]);
+        parts[1] = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("json"));
+        assert_eq!(
+            keys.verify(&parts.join("."), false, NOW),
+            Err(TokenError::BadSignature)
+        );
+        let mut signature = parts[2].clone().into_bytes();
+        signature[0] = if signature[0] == b'A' { b'B' } else { b'A' };
+        let resigned = format!(
+            "{}.{}",
+            token.rsplit_once('.').expect("three parts").0,
+            String::from_utf8(signature).expect("ascii")
+        );
+        assert!(
+            keys.verify(&resigned, false, NOW).is_err(),
+            "a changed signature is another token, verified afresh"
+        );
+        assert_eq!(keys.verified().len(), 1, "failures are never remembered");
+    }
+
+    #[test]
+    fn a_remembered_token_does_not_outlive_its_key_set() {
+        let (old, _) = SigningKey::generate().expect("key");
+        let before = keyset(vec![old]);
+        let token = before
+            .issue("robot:ci", Vec::new(), false, 300, NOW, "j".into())
+            .expect("issue")
+            .token;
+        before.verify(&token, false, NOW).expect("verify");
+        let (new, _) = SigningKey::generate().expect("key");
+        let without_old_key = keyset(vec![new]);
+        assert_eq!(
+            without_old_key.verify(&token, false, NOW),
+            Err(TokenError::UnknownKey)
+        );
+    }
+
+    #[test]
+    fn refresh_tokens_are_not_remembered() {
+        let (key, _) = SigningKey::generate().expect("key");
+        let keys = keyset(vec![key]);
+        let token = keys
+            .issue_refresh("user:alice", None, 86_400, NOW, "j".into())
+            .expect("issue")
+            .token;
+        keys.verify(&token, true, NOW).expect("verify");
+        assert!(keys.verified().is_empty());
+    }
+
+    #[test]
+    fn remembered_tokens_are_bounded_and_the_soonest_to_expire_goes_first() {
+        let (key, _) = SigningKey::generate().expect("key");
+        let keys = keyset(vec![key]).with_verified_capacity(3);
+        let tokens: Vec<String> = (0..5)
+            .map(|i| {
+                keys.issue(
+                    "user:alice",
+                    pull("team/app"),
+                    false,
+                    300 + i,
+                    NOW,
+                    format!("j{i}"),
+                )
+                .expect("issue")
+                .token
+            })
+            .collect();
+        for token in &tokens {
+            keys.verify(token, false, NOW).expect("verify");
+            assert!(keys.verified().len() <= 3);
+        }
+        assert_eq!(keys.verified().len(), 3);
+        let remembered = |token: &str| keys.verified().get(token).is_some();
+        assert!(!remembered(&tokens[0]) && !remembered(&tokens[1]));
+        assert!(tokens[2..].iter().all(|token| remembered(token)));
+        for token in &tokens {
+            assert!(
+                keys.verify(token, false, NOW).is_ok(),
+                "an evicted token verifies afresh"
+            );
+        }
+
+        let later = NOW + 1000;
+        let fresh = keys
+            .issue("user:bob", pull("team/app"), false, 300, later, "k".into())
+            .expect("issue")
+            .token;
+        keys.verify(&fresh, false, later).expect("verify");
+        assert_eq!(
+            keys.verified().len(),
+            1,
+            "expired tokens are dropped before any live one"
+        );
+
+        let none = keyset(vec![SigningKey::generate().expect("key").0]).with_verified_capacity(0);
+        let token = none
+            .issue("user:alice", Vec::new(), false, 300, NOW, "j".into())
+            .expect("issue")
+            .token;
+        assert!(none.verify(&token, false, NOW).is_ok());
+        assert!(none.verified().is_empty());
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod state;
 pub mod testing;
 #[cfg(test)]
 mod tests_s3;
+mod writeback;
 
 use std::io::SeekFrom;
 use std::path::Path as FsPath;
@@ -453,6 +454,39 @@ mod tests {
                 &state,
                 stream::iter(vec![Ok::<_, std::convert::Infallible>(rest)]),
             )
+            .await
+            .expect("finish");
+        assert_eq!(finishing.size, data.len() as u64);
+        let digest = finishing.digest.clone();
+        store.commit(finishing).await.expect("commit");
+        assert!(collect(store.read(&digest, None).await.expect("read")).await == data);
+    }
+
+    #[tokio::test]
+    async fn chunks_spanning_several_writeback_windows_round_trip() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = BlobStore::local(dir.path()).expect("store");
+        let window = usize::try_from(writeback::WINDOW).expect("window");
+        let data: Vec<u8> = (0..2 * window as u32 + 3 * 1024 * 1024 + 77)
+            .map(|n| (n.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        // The second request starts inside a window and writes past two more.
+        let cut = window / 2 + 12_345;
+        let chunks = |bytes: &[u8]| {
+            stream::iter(
+                bytes
+                    .chunks(64 * 1024 + 3)
+                    .map(|c| Ok::<_, std::convert::Infallible>(Bytes::copy_from_slice(c)))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let mut state = UploadState::new();
+        let first = store
+            .append("windows", 0, &mut state, chunks(&data[..cut]))
+            .await
+            .expect("append");
+        let finishing = store
+            .finish("windows", first, &state, chunks(&data[cut..]))
             .await
             .expect("finish");
         assert_eq!(finishing.size, data.len() as u64);

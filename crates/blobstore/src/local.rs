@@ -1,10 +1,14 @@
 //! Upload staging on local disk: one file per session under `uploads/`, written at the
 //! session's acknowledged offset and moved into place with one atomic rename.
+//!
+//! Every request's bytes are on disk (`sync_data`) before it is acknowledged; writeback starts
+//! while they stream (`writeback`), so that flush finds little left to write.
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path as FsPath, PathBuf};
 
 use crate::hash::Sha256State;
+use crate::writeback::Writeback;
 use crate::{storage, Error, UploadState};
 use bytes::Bytes;
 use futures_util::stream::{Stream, StreamExt};
@@ -17,7 +21,8 @@ const WRITE_BUFFER: usize = 1024 * 1024;
 const BATCH_BYTES: usize = 256 * 1024;
 const BATCHES_IN_FLIGHT: usize = 8;
 
-/// Hashes and writes every chunk `received` at `offset` onwards, then syncs the data.
+/// Hashes and writes every chunk `received` at `offset` onwards, starting writeback as it
+/// goes, then syncs the data.
 fn write_staging(
     path: &FsPath,
     offset: u64,
@@ -34,12 +39,16 @@ fn write_staging(
     let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, file);
     out.seek(SeekFrom::Start(offset)).map_err(storage)?;
     let mut written = 0u64;
+    let mut writeback = Writeback::new(offset);
     while let Some(batch) = received.blocking_recv() {
         for chunk in batch {
             hash.update(&chunk);
             out.write_all(&chunk).map_err(storage)?;
             written += chunk.len() as u64;
         }
+        // What the buffer still holds has not reached the file yet.
+        let in_file = offset + written - out.buffer().len() as u64;
+        writeback.wrote(out.get_ref(), in_file);
     }
     let file = out.into_inner().map_err(|err| storage(err.error()))?;
     file.sync_data().map_err(storage)?;

@@ -32,7 +32,7 @@ use sqlx::migrate::Migrate;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Connection, Row, SqlitePool};
+use sqlx::{Row, SqlitePool};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
 
@@ -126,13 +126,16 @@ impl SqliteStore {
     /// refuses (applying nothing) when the database holds migrations this binary does not
     /// know, knows otherwise, or saw fail.
     pub async fn migrate(&self) -> Result<MigrationRun, Error> {
-        let mut conn = self.writer.acquire().await.map_err(backend)?.detach();
+        // A pooled connection, returned to the pool afterwards: closing the process's last
+        // connection makes SQLite checkpoint the whole WAL a killed process left and fsync the
+        // database, which made a restart after heavy use wait on the disk before listening.
+        let mut conn = self.writer.acquire().await.map_err(backend)?;
         conn.ensure_migrations_table()
             .await
             .map_err(migration_failed)?;
         let rows =
             sqlx::query("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
-                .fetch_all(&mut conn)
+                .fetch_all(&mut *conn)
                 .await
                 .map_err(backend)?;
         let recorded: Vec<AppliedMigration> = rows
@@ -159,7 +162,6 @@ impl SqliteStore {
             tracing::info!(version = pending.version, "applied migration {pending}");
             applied.push(pending);
         }
-        conn.close().await.map_err(backend)?;
         Ok(MigrationRun::Applied(applied))
     }
 
@@ -731,5 +733,40 @@ mod tests {
             store.blob_size(&repo, &digest).await.expect("query"),
             Some(5)
         );
+    }
+
+    /// A restart after heavy use took 174 ms instead of 15: opening checkpointed the whole WAL
+    /// the killed process left, and fsynced, before the server could listen.
+    #[tokio::test]
+    async fn opening_what_a_killed_process_left_keeps_its_wal_for_later() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("metadata.db");
+        let repo: RepositoryName = "keep/app".parse().expect("valid");
+        let digest = Digest::sha256_from_bytes(&[7; 32]);
+        let store = SqliteStore::open(&path).await.expect("open");
+        store.link_blob(&repo, &digest, 5, 1).await.expect("link");
+        // What a killed process leaves: the database and its WAL, never checkpointed.
+        let crashed = dir.path().join("crashed.db");
+        std::fs::copy(&path, &crashed).expect("copy the database");
+        std::fs::copy(
+            dir.path().join("metadata.db-wal"),
+            dir.path().join("crashed.db-wal"),
+        )
+        .expect("copy the WAL");
+        let wal_len =
+            || std::fs::metadata(dir.path().join("crashed.db-wal")).map_or(0, |meta| meta.len());
+        assert!(wal_len() > 0);
+
+        let reopened = SqliteStore::open(&crashed).await.expect("open");
+        assert!(
+            wal_len() > 0,
+            "opening checkpointed and removed the WAL before serving"
+        );
+        assert_eq!(
+            reopened.blob_size(&repo, &digest).await.expect("query"),
+            Some(5)
+        );
+        store.close().await;
+        reopened.close().await;
     }
 }

@@ -8,6 +8,9 @@
 //!   clients sending Basic credentials on every request pay for argon2 once.
 //! - Failed logins are throttled per account and per client address.
 //! - A token never grants more than was asked and more than is allowed.
+//! - Credentials are checked only once the first accounts exist: a first start creates the
+//!   admin account while already listening (`hold_logins_until`), and a login that arrives
+//!   meanwhile waits for it rather than failing.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -183,6 +186,8 @@ pub struct Access {
     pub(crate) password_pool: Semaphore,
     verified: Mutex<HashMap<[u8; 32], i64>>,
     throttle: Mutex<Throttle>,
+    /// True once the accounts credentials are checked against exist.
+    accounts_ready: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A token answer of the token service.
@@ -251,7 +256,24 @@ impl Access {
             password_pool: Semaphore::new(2),
             verified: Mutex::new(HashMap::new()),
             throttle: Mutex::new(Throttle::default()),
+            accounts_ready: tokio::sync::watch::channel(true).1,
         })
+    }
+
+    /// Makes credential checks wait until `ready` turns true (the first start's admin account
+    /// is being created); should its sender go away first, they answer `Unavailable`.
+    pub fn hold_logins_until(&mut self, ready: tokio::sync::watch::Receiver<bool>) {
+        self.accounts_ready = ready;
+    }
+
+    /// Waits until the accounts exist; false if they never will (their creation failed).
+    async fn accounts_exist(&self) -> bool {
+        if *self.accounts_ready.borrow() {
+            return true;
+        }
+        let mut ready = self.accounts_ready.clone();
+        let outcome = ready.wait_for(|ready| *ready).await.is_ok();
+        outcome
     }
 
     pub fn settings(&self) -> &AccessSettings {
@@ -307,6 +329,11 @@ impl Access {
         secret: &str,
         client: Option<IpAddr>,
     ) -> Result<Principal, AuthError> {
+        if !self.accounts_exist().await {
+            return Err(AuthError::Unavailable(
+                "the admin account could not be created".into(),
+            ));
+        }
         let time = now();
         let keys = throttle_keys(username, client);
         let wait = self

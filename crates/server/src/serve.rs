@@ -5,6 +5,9 @@
 //!   with a short 400 that says to use https, then the connection is closed.
 //! - On SIGTERM or SIGINT the listener closes at once; requests in flight get up to the
 //!   configured grace period to finish.
+//! - A first start given `BULWARK_ADMIN_PASSWORD` listens before the admin account exists:
+//!   argon2 hashes its password on a blocking thread meanwhile, and logins wait for the
+//!   account (`Access::hold_logins_until`). If it cannot be created, the server stops.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
@@ -67,7 +70,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         upload_expiry: config.uploads.expiry.0,
         blob_redirect: (!redirect.is_zero()).then_some(redirect),
     };
-    bootstrap_admin(identity.as_ref(), data_dir, &config.auth.admin_user).await?;
+    let bootstrap = bootstrap_admin(identity.clone(), data_dir, &config.auth.admin_user).await?;
     let settings = AccessSettings {
         service: config.auth.service.clone(),
         issuer: config.auth.service.clone(),
@@ -82,11 +85,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             None => None,
         },
     };
-    let access = Arc::new(
-        Access::open(identity, settings)
-            .await
-            .context("loading token-signing keys")?,
-    );
+    let mut access = Access::open(identity, settings)
+        .await
+        .context("loading token-signing keys")?;
+    // The admin account being created in the background, if any; logins wait for it.
+    let mut admin_created = match bootstrap {
+        Bootstrap::Done => None,
+        Bootstrap::Creating { task, ready } => {
+            access.hold_logins_until(ready);
+            Some(task)
+        }
+    };
+    let access = Arc::new(access);
     let registry = Arc::new(Registry::new(metadata, blobs, limits));
 
     let listener = TcpListener::bind(&config.listen)
@@ -149,6 +159,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 });
             }
             () = &mut shutdown => break,
+            created = async {
+                match admin_created.as_mut() {
+                    Some(task) => task.await,
+                    None => std::future::pending().await,
+                }
+            }, if admin_created.is_some() => {
+                admin_created = None;
+                created.context("creating the admin account")??;
+            }
         }
     }
     drop(listener);
@@ -275,34 +294,77 @@ async fn open_stores(
     }
 }
 
-/// Creates the admin account on first start. Its password is `BULWARK_ADMIN_PASSWORD`, or is
-/// generated, printed once and written to `<data_dir>/admin-password` (mode 0600).
+/// What the first start does about the admin account.
+enum Bootstrap {
+    /// It exists (or was just created): nothing to wait for.
+    Done,
+    /// It is being created by `task`; `ready` turns true once it exists.
+    Creating {
+        task: tokio::task::JoinHandle<anyhow::Result<()>>,
+        ready: tokio::sync::watch::Receiver<bool>,
+    },
+}
+
+/// Creates the admin account on first start. Its password is `BULWARK_ADMIN_PASSWORD`, hashed
+/// in the background while the server starts listening, or is generated, printed once and
+/// written to `<data_dir>/admin-password` (mode 0600) before the server listens, so the file is
+/// there by the time the port answers.
 async fn bootstrap_admin(
-    store: &dyn IdentityStore,
+    store: Arc<dyn IdentityStore>,
     data_dir: &Path,
     name: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Bootstrap> {
     // Only the very first start creates it: once any account exists, admins manage accounts.
     if !store.list_users(None, 1).await?.is_empty() {
-        return Ok(());
+        return Ok(Bootstrap::Done);
     }
     let given = std::env::var("BULWARK_ADMIN_PASSWORD")
         .ok()
         .filter(|p| !p.is_empty());
-    let password = match &given {
-        Some(password) => {
-            auth::password::validate(password)
-                .map_err(|err| anyhow::anyhow!("BULWARK_ADMIN_PASSWORD: {err}"))?;
-            password.clone()
-        }
-        None => auth::secret::random()
-            .plaintext
-            .trim_start_matches(auth::secret::PREFIX)
-            .to_owned(),
-    };
-    let to_hash = password.clone();
+    if let Some(password) = given {
+        auth::password::validate(&password)
+            .map_err(|err| anyhow::anyhow!("BULWARK_ADMIN_PASSWORD: {err}"))?;
+        let (created, ready) = tokio::sync::watch::channel(false);
+        let name = name.to_owned();
+        let task = tokio::spawn(async move {
+            create_admin(store.as_ref(), &name, password).await?;
+            created.send_replace(true);
+            Ok(())
+        });
+        return Ok(Bootstrap::Creating { task, ready });
+    }
+    let password = auth::secret::random()
+        .plaintext
+        .trim_start_matches(auth::secret::PREFIX)
+        .to_owned();
+    if !create_admin(store.as_ref(), name, password.clone()).await? {
+        return Ok(Bootstrap::Done);
+    }
+    let file = data_dir.join("admin-password");
+    let mut handle = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&file)
+        .with_context(|| format!("writing {}", file.display()))?;
+    std::io::Write::write_all(&mut handle, format!("{password}\n").as_bytes())?;
+    eprintln!(
+        "Created the admin account {name:?} with password {password}\n             (also written to {}; change it with the admin API and delete that file)",
+        file.display()
+    );
+    Ok(Bootstrap::Done)
+}
+
+/// Hashes `password` (argon2, on a blocking thread) and creates the admin account `name`;
+/// false when another replica created it first.
+async fn create_admin(
+    store: &dyn IdentityStore,
+    name: &str,
+    password: String,
+) -> anyhow::Result<bool> {
     let password_hash =
-        tokio::task::spawn_blocking(move || auth::password::hash(&to_hash)).await??;
+        tokio::task::spawn_blocking(move || auth::password::hash(&password)).await??;
     let record = UserRecord {
         name: name.to_owned(),
         password_hash,
@@ -313,28 +375,13 @@ async fn bootstrap_admin(
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0)),
     };
     match store.create_user(&record).await {
-        Ok(()) => {}
-        // Another replica created it first.
-        Err(metadata::Error::Conflict(_)) => return Ok(()),
-        Err(err) => return Err(err.into()),
+        Ok(()) => {
+            tracing::info!(user = %name, "created the admin account {name}");
+            Ok(true)
+        }
+        Err(metadata::Error::Conflict(_)) => Ok(false),
+        Err(err) => Err(err.into()),
     }
-    if given.is_none() {
-        let file = data_dir.join("admin-password");
-        let mut handle = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&file)
-            .with_context(|| format!("writing {}", file.display()))?;
-        std::io::Write::write_all(&mut handle, format!("{password}\n").as_bytes())?;
-        eprintln!(
-            "Created the admin account {name:?} with password {password}\n             (also written to {}; change it with the admin API and delete that file)",
-            file.display()
-        );
-    }
-    tracing::info!(user = %name, "created the admin account {name}");
-    Ok(())
 }
 
 fn spawn_upload_expiry(registry: Arc<Registry>) {

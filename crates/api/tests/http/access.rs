@@ -981,3 +981,36 @@ async fn a_store_that_is_down_answers_503_with_retry_after_never_a_failed_login(
         );
     }
 }
+
+/// A first start answers before its admin account exists (hashing its password takes a while):
+/// a login arriving meanwhile waits for the account instead of failing with a 401.
+#[tokio::test]
+async fn a_login_during_the_first_start_waits_for_the_admin_account() {
+    let (registry, created) = TestRegistry::first_start().await;
+    let login = call(
+        "GET",
+        "/auth/token?service=bulwark&scope=repository:team/app:push",
+    )
+    .header("authorization", basic(ADMIN, ADMIN_PASSWORD));
+    // The login is polled first, so it asks before the account exists.
+    let (reply, ()) = tokio::join!(registry.send(login), async {
+        registry.create_admin().await;
+        created.send_replace(true);
+    });
+    reply.expect(200);
+    assert!(reply.json()["token"].is_string());
+    registry
+        .send(call("GET", "/v2/").header("authorization", basic(ADMIN, ADMIN_PASSWORD)))
+        .await
+        .expect(200);
+}
+
+#[tokio::test]
+async fn logins_answer_503_when_the_admin_account_cannot_be_created() {
+    let (registry, created) = TestRegistry::first_start().await;
+    drop(created);
+    let reply = registry
+        .send(call("GET", "/v2/").header("authorization", basic(ADMIN, ADMIN_PASSWORD)))
+        .await;
+    reply.expect(503);
+}

@@ -74,23 +74,35 @@ impl TestRegistry {
     }
 
     pub async fn with_limits(limits: Limits) -> TestRegistry {
+        let registry = TestRegistry::assemble(limits, None).await;
+        registry.create_admin().await;
+        registry
+    }
+
+    /// A registry as a first start serves it: listening before the admin account exists, with
+    /// logins held until the returned sender says it does (`create_admin`, then `true`).
+    pub async fn first_start() -> (TestRegistry, tokio::sync::watch::Sender<bool>) {
+        let (created, ready) = tokio::sync::watch::channel(false);
+        let registry = TestRegistry::assemble(test_limits(), Some(ready)).await;
+        (registry, created)
+    }
+
+    async fn assemble(
+        limits: Limits,
+        accounts_ready: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> TestRegistry {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = SqliteStore::open(&dir.path().join("metadata.db"))
             .await
             .expect("open the metadata database");
         let blobs = BlobStore::local(&dir.path().join("storage")).expect("open blob storage");
         let store = Arc::new(store);
-        let admin = UserRecord {
-            name: ADMIN.into(),
-            password_hash: auth::password::hash(ADMIN_PASSWORD).expect("hash"),
-            admin: true,
-            disabled: false,
-            created_at: 0,
-        };
-        store.create_user(&admin).await.expect("create the admin");
-        let access = Access::open(store.clone(), AccessSettings::default())
+        let mut access = Access::open(store.clone(), AccessSettings::default())
             .await
             .expect("open access control");
+        if let Some(ready) = accounts_ready {
+            access.hold_logins_until(ready);
+        }
         let registry = Arc::new(Registry::new(store.clone(), blobs, limits));
         let app = api::router(Arc::clone(&registry), Arc::new(access));
         TestRegistry {
@@ -99,6 +111,21 @@ impl TestRegistry {
             app,
             dir,
         }
+    }
+
+    /// Creates the admin account with `ADMIN_PASSWORD`.
+    pub async fn create_admin(&self) {
+        let admin = UserRecord {
+            name: ADMIN.into(),
+            password_hash: auth::password::hash(ADMIN_PASSWORD).expect("hash"),
+            admin: true,
+            disabled: false,
+            created_at: 0,
+        };
+        self.store
+            .create_user(&admin)
+            .await
+            .expect("create the admin");
     }
 
     pub fn storage(&self) -> PathBuf {
