@@ -109,13 +109,18 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         // The writer first: it creates the file and switches it to WAL.
+        // No ping before each use (sqlx's default `test_before_acquire`): it is one more
+        // round trip to the connection's worker thread per query, and a connection to a local
+        // file does not go stale.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await
             .map_err(backend)?;
         let reader = SqlitePoolOptions::new()
             .max_connections(8)
+            .test_before_acquire(false)
             .connect_with(options.pragma("query_only", "ON"))
             .await
             .map_err(backend)?;
