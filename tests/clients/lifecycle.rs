@@ -149,7 +149,9 @@ fn sigterm_closes_the_listener_but_lets_a_request_in_flight_finish() {
 }
 
 /// A first start listens while argon2 still hashes the admin's password: a login the moment
-/// the server listens waits for the account, and never fails with a 401.
+/// the server listens succeeds, with the real binary. Whether the login had to wait depends on
+/// timing; the in-process test (`crates/api/tests/http/access.rs`) holds the account back to
+/// prove the wait.
 #[test]
 fn the_admin_logs_in_the_moment_a_first_start_listens() {
     let server = Server::start();

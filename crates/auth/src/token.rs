@@ -30,8 +30,13 @@ use std::sync::Mutex;
 /// `expires_in` is what the client was promised, and no more.
 pub const LEEWAY: i64 = 30;
 
-/// How many verified access tokens a key set remembers: a few hundred bytes each.
+/// How many verified access tokens a key set remembers.
 pub const VERIFIED_TOKENS_MAX: usize = 4096;
+/// The longest token remembered. A token's claims are about as large as the token, and a
+/// client may ask for a token covering thousands of scopes: longer ones are verified on every
+/// use instead, so the cache holds at most 4096 × 4 KiB of claims (a token for a handful of
+/// repositories is well under 1 KiB).
+pub const VERIFIED_TOKEN_MAX_LEN: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessEntry {
@@ -156,7 +161,8 @@ pub struct KeySet {
 }
 
 /// Claims of access tokens whose signature, issuer and audience were verified, by SHA-256 of
-/// the token, until they expire. Bounded: when full, expired entries go first, then the entry
+/// the token, until they expire. Bounded in count and in size (tokens longer than
+/// `VERIFIED_TOKEN_MAX_LEN` are not kept): when full, expired entries go first, then the entry
 /// that expires soonest.
 pub struct VerifiedTokens {
     capacity: usize,
@@ -195,7 +201,7 @@ impl VerifiedTokens {
 
     /// Remembers a verified token that is still useful at `now`.
     fn insert(&self, token: &str, claims: &Claims, now: i64) {
-        if self.capacity == 0 || claims.exp <= now {
+        if self.capacity == 0 || claims.exp <= now || token.len() > VERIFIED_TOKEN_MAX_LEN {
             return;
         }
         let key = VerifiedTokens::key(token);
@@ -717,6 +723,23 @@ mod tests {
             .token;
         assert!(none.verify(&token, false, NOW).is_ok());
         assert!(none.verified().is_empty());
+    }
+
+    #[test]
+    fn a_token_longer_than_the_limit_verifies_but_is_not_remembered() {
+        let (key, _) = SigningKey::generate().expect("key");
+        let keys = keyset(vec![key]);
+        let scopes: Vec<AccessEntry> = (0..200)
+            .flat_map(|n| pull(&format!("team/repository-{n:04}")))
+            .collect();
+        let token = keys
+            .issue("user:alice", scopes, false, 300, NOW, "big".into())
+            .expect("issue")
+            .token;
+        assert!(token.len() > VERIFIED_TOKEN_MAX_LEN, "{}", token.len());
+        let claims = keys.verify(&token, false, NOW).expect("verify");
+        assert_eq!(claims.access.len(), 200);
+        assert!(keys.verified().is_empty());
     }
 
     #[test]

@@ -48,7 +48,8 @@ fn write_staging(
         }
         // What the buffer still holds has not reached the file yet.
         let in_file = offset + written - out.buffer().len() as u64;
-        writeback.wrote(out.get_ref(), in_file);
+        // A write error seen here must fail the request: `sync_data` would not see it again.
+        writeback.wrote(out.get_ref(), in_file).map_err(storage)?;
     }
     let file = out.into_inner().map_err(|err| storage(err.error()))?;
     file.sync_data().map_err(storage)?;

@@ -9,8 +9,11 @@
 //!
 //! Invariants:
 //! - This is a hint to the kernel, never a durability promise: the caller still ends every
-//!   request with `sync_data`, whose error is the one reported. A failing hint (a filesystem
-//!   that does not support it) only stops further hints for that file.
+//!   request with `sync_data`. A filesystem that does not support the hint (`EINVAL`,
+//!   `ESPIPE`, `EOPNOTSUPP`, `ENOSYS`) only stops further hints for that file.
+//! - Any other error is the caller's: waiting on a range consumes the file's write-error
+//!   status, so a disk error seen here would never reach the final `sync_data`, and the
+//!   request must fail instead of acknowledging bytes that are not on disk.
 //! - Off Linux nothing is hinted, and the final `sync_data` flushes everything as before.
 
 use std::fs::File;
@@ -61,23 +64,43 @@ impl Writeback {
         Some(Step { wait, start })
     }
 
-    /// Called after the bytes before `written_to` reached `file`.
-    pub fn wrote(&mut self, file: &File, written_to: u64) {
+    /// Called after the bytes before `written_to` reached `file`. An error is a write error
+    /// of the file (the upload must fail); an unsupported hint only disables further hints.
+    pub fn wrote(&mut self, file: &File, written_to: u64) -> std::io::Result<()> {
         if !self.enabled {
-            return;
+            return Ok(());
         }
         let Some(step) = self.plan(written_to) else {
-            return;
+            return Ok(());
         };
         let outcome = step
             .wait
             .map_or(Ok(()), |range| system::wait(file, range))
             .and_then(|()| system::start(file, step.start));
-        if let Err(err) = outcome {
-            tracing::debug!("writeback hints stop for this upload: {err}");
-            self.enabled = false;
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(err) if unsupported(&err) => {
+                tracing::debug!("writeback hints stop for this upload: {err}");
+                self.enabled = false;
+                Ok(())
+            }
+            Err(err) => Err(err),
         }
     }
+}
+
+/// Whether `err` says the filesystem cannot take the hint, rather than that writing failed.
+#[cfg(target_os = "linux")]
+fn unsupported(err: &std::io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EINVAL | libc::ENOSYS | libc::ESPIPE | libc::EOPNOTSUPP)
+    ) || err.kind() == std::io::ErrorKind::Unsupported
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unsupported(_err: &std::io::Error) -> bool {
+    true
 }
 
 #[cfg(target_os = "linux")]
@@ -172,6 +195,22 @@ mod tests {
         );
     }
 
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn only_an_unsupported_hint_is_ignored_a_write_error_is_not() {
+        use std::io::Error;
+        for code in [libc::EINVAL, libc::ESPIPE, libc::ENOSYS, libc::EOPNOTSUPP] {
+            assert!(unsupported(&Error::from_raw_os_error(code)), "errno {code}");
+        }
+        // The bytes did not reach the disk: the upload must fail.
+        for code in [libc::EIO, libc::ENOSPC, libc::EDQUOT] {
+            assert!(
+                !unsupported(&Error::from_raw_os_error(code)),
+                "errno {code}"
+            );
+        }
+    }
+
     #[test]
     fn hints_on_a_real_file_leave_its_bytes_intact() {
         use std::io::{Read, Seek, SeekFrom, Write};
@@ -182,7 +221,9 @@ mod tests {
         for _ in 0..3 * WINDOW / MIB {
             file.write_all(&block).expect("write");
             written += MIB;
-            writeback.wrote(&file, written);
+            writeback
+                .wrote(&file, written)
+                .expect("hints on a healthy file");
         }
         assert!(writeback.enabled || cfg!(not(target_os = "linux")));
         file.sync_data().expect("sync");

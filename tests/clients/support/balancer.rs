@@ -10,8 +10,8 @@
 //!   which replica answered what is recorded by the balancer, not guessed by the test.
 
 use std::io::Write as _;
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -62,72 +62,61 @@ impl Balancer {
         std::fs::write(&bundle, pem).expect("writing the balancer's certificate");
         let ca = dir.path().join("ca.crt");
         std::fs::write(&ca, ca_pem).expect("writing the CA");
-        let port = free_port();
         let servers: String = replicas
             .iter()
             .enumerate()
             .map(|(n, replica)| {
                 format!(
-                    "    server r{n} 127.0.0.1:{port} ssl verify required ca-file {ca} check inter 200ms fall 1 rise 2\n",
+                    "    server r{n} 127.0.0.1:{port} ssl verify required ca-file {ca} verifyhost localhost check inter 200ms fall 1 rise 2\n",
                     port = replica.port(),
                     ca = path_str(&ca),
                 )
             })
             .collect();
-        // Requests are balanced one by one (no `prefer-last-server`, no persistence); a request
-        // that cannot connect is retried on another replica (`redispatch`); bodies stream.
-        let config = format!(
-            "global\n    log stderr format raw local0\n    maxconn 512\n\
-             defaults\n    mode http\n    log global\n    option httplog\n\
-             \x20   log-format \"%s %HM %HU %ST %hs\"\n    option redispatch\n    retries 3\n\
-             \x20   timeout connect 2s\n    timeout client 120s\n    timeout server 120s\n\
-             frontend registry\n    bind 127.0.0.1:{port} ssl crt {bundle}\n\
-             \x20   capture response header Location len 512\n    default_backend replicas\n\
-             backend replicas\n    balance roundrobin\n{servers}",
-            bundle = path_str(&bundle),
-        );
-        let config_path = dir.path().join("haproxy.cfg");
-        std::fs::write(&config_path, config).expect("writing haproxy.cfg");
+        // The port is free when asked for, but another test may take it before HAProxy binds
+        // it: then HAProxy exits, and the next attempt takes another port.
         let log = dir.path().join("haproxy.log");
-        let log_file = std::fs::File::create(&log).expect("creating the balancer's log");
-        let child = Command::new("haproxy")
-            .args(["-db", "-f", path_str(&config_path)])
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("sharing the log file"))
-            .stderr(log_file)
-            .spawn()
-            .expect("starting haproxy");
-        let mut balancer = Balancer {
-            child: Some(child),
-            port,
-            log,
-            _dir: dir,
-        };
-        balancer.wait_ready();
-        balancer
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|child| child.try_wait().expect("checking haproxy"))
-            {
-                panic!("haproxy exited ({status}); its log:\n{}", self.log_text());
-            }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "haproxy did not listen within {READY_TIMEOUT:?}; its log:\n{}",
-                self.log_text()
+        for _ in 0..5 {
+            let port = free_port();
+            // Requests are balanced one by one (no `prefer-last-server`, no persistence); a
+            // request that cannot connect is retried on another replica (`redispatch`); bodies
+            // stream.
+            let config = format!(
+                "global\n    log stderr format raw local0\n    maxconn 512\n\
+                 defaults\n    mode http\n    log global\n    option httplog\n\
+                 \x20   log-format \"%s %HM %HU %ST %hs\"\n    option redispatch\n    retries 3\n\
+                 \x20   timeout connect 2s\n    timeout client 120s\n    timeout server 120s\n\
+                 frontend registry\n    bind 127.0.0.1:{port} ssl crt {bundle}\n\
+                 \x20   capture response header Location len 512\n    default_backend replicas\n\
+                 backend replicas\n    balance roundrobin\n{servers}",
+                bundle = path_str(&bundle),
             );
-            std::thread::sleep(Duration::from_millis(20));
+            let config_path = dir.path().join("haproxy.cfg");
+            std::fs::write(&config_path, config).expect("writing haproxy.cfg");
+            let log_file = std::fs::File::create(&log).expect("creating the balancer's log");
+            let mut child = Command::new("haproxy")
+                .args(["-db", "-f", path_str(&config_path)])
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .stdout(log_file.try_clone().expect("sharing the log file"))
+                .stderr(log_file)
+                .spawn()
+                .expect("starting haproxy");
+            if listening(&mut child, port, &log) {
+                return Balancer {
+                    child: Some(child),
+                    port,
+                    log,
+                    _dir: dir,
+                };
+            }
+            let _ = writeln!(
+                std::io::stderr(),
+                "haproxy could not listen on port {port}, trying another:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         }
+        panic!("haproxy could not listen on any of five free ports");
     }
 
     /// `localhost:PORT`, the one registry name clients are given.
@@ -179,6 +168,35 @@ impl Drop for Balancer {
                 self.log_text()
             );
         }
+    }
+}
+
+/// Waits until `child` (HAProxy) is the process listening on `port`, as the kernel reports it
+/// (`ss`), not merely until something accepts connections there; false if it exited first.
+fn listening(child: &mut Child, port: u16, log: &Path) -> bool {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let owner = format!("pid={},", child.id());
+    loop {
+        if child.try_wait().expect("checking haproxy").is_some() {
+            return false;
+        }
+        let sockets = Command::new("ss")
+            .args(["-ltnpH"])
+            .arg(format!("sport = :{port}"))
+            .output()
+            .expect("running ss (iproute2)");
+        if String::from_utf8_lossy(&sockets.stdout).contains(&owner) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "haproxy did not listen within {READY_TIMEOUT:?}; its log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
