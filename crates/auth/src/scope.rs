@@ -31,7 +31,14 @@ pub enum ScopeError {
     UnknownType(String),
     #[error("scope {0:?} names an invalid repository")]
     Name(String),
+    #[error("{0} scopes asked for at once; at most {MAX_SCOPES} are allowed in one token request")]
+    TooMany(usize),
 }
+
+/// The most scopes one token request may name. Clients ask for one to three (a pull, a push, a
+/// cross-repository mount); each scope costs a policy lookup and a place in the token, so a
+/// request naming thousands is refused rather than served.
+pub const MAX_SCOPES: usize = 100;
 
 impl Scope {
     pub fn parse(text: &str) -> Result<Scope, ScopeError> {
@@ -75,12 +82,15 @@ impl Scope {
     pub fn parse_all<'a>(
         params: impl IntoIterator<Item = &'a str>,
     ) -> Result<Vec<Scope>, ScopeError> {
-        params
+        let texts: Vec<&str> = params
             .into_iter()
             .flat_map(|param| param.split(' '))
             .filter(|s| !s.is_empty())
-            .map(Scope::parse)
-            .collect()
+            .collect();
+        if texts.len() > MAX_SCOPES {
+            return Err(ScopeError::TooMany(texts.len()));
+        }
+        texts.into_iter().map(Scope::parse).collect()
     }
 }
 
@@ -106,7 +116,30 @@ mod tests {
             Err(ScopeError::Malformed(_)) => "malformed".into(),
             Err(ScopeError::UnknownType(_)) => "unknown type".into(),
             Err(ScopeError::Name(_)) => "bad name".into(),
+            Err(ScopeError::TooMany(_)) => "too many".into(),
         }
+    }
+
+    #[test]
+    fn a_token_request_names_at_most_max_scopes() {
+        let scopes: Vec<String> = (0..=MAX_SCOPES)
+            .map(|n| format!("repository:team/app-{n}:pull"))
+            .collect();
+        let texts = |count: usize| scopes[..count].iter().map(String::as_str);
+        assert_eq!(
+            Scope::parse_all(texts(MAX_SCOPES)).map(|all| all.len()),
+            Ok(MAX_SCOPES)
+        );
+        assert_eq!(
+            Scope::parse_all(texts(MAX_SCOPES + 1)),
+            Err(ScopeError::TooMany(MAX_SCOPES + 1))
+        );
+        let joined = scopes.join(" ");
+        assert_eq!(
+            Scope::parse_all([joined.as_str()]),
+            Err(ScopeError::TooMany(MAX_SCOPES + 1)),
+            "space-separated scopes in one parameter count one by one"
+        );
     }
 
     #[test]

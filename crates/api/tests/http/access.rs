@@ -232,6 +232,18 @@ async fn the_token_service_refuses_bad_requests() {
         reply.expect(status);
         assert_eq!(reply.json()["error"], error, "{credentials:?} {query}");
     }
+    // One scope too many: refused before any policy is looked up or a token signed.
+    let query: Vec<String> = (0..=auth::scope::MAX_SCOPES)
+        .map(|n| format!("scope=repository:team/app-{n}:pull"))
+        .collect();
+    let reply = registry
+        .send(
+            call("GET", format!("/auth/token?{}", query.join("&")))
+                .header("authorization", basic("dev", PASSWORD)),
+        )
+        .await;
+    reply.expect(400);
+    assert_eq!(reply.json()["error"], "invalid_scope");
     registry
         .store
         .update_user(
