@@ -8,7 +8,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use blobstore::testing::S3Server;
@@ -17,7 +16,7 @@ use metadata_postgres::testing::Cluster;
 use reqwest::Method;
 
 use crate::support::balancer::{Balancer, Served};
-use crate::support::clients::{path_str, printed, run, run_failing, stdout_text, Clients};
+use crate::support::clients::{path_str, printed, run, run_failing, stdout_text, Clients, Running};
 use crate::support::http::{Auth, Http};
 use crate::support::layout::{self, Image, Layout};
 use crate::support::server::{self, admin_creds, binary, Server};
@@ -338,20 +337,18 @@ fn clients_push_through_a_load_balancer_while_a_replica_dies(replicas: &mut Repl
     let clients = Clients::new();
     let remote = |tag: &str| format!("docker://{}/team/balanced:{tag}", balancer.host());
     let push = |layout: &Layout, tag: &str| {
-        clients
-            .command("skopeo")
-            .args(["copy", "--retry-times", "3", "--dest-cert-dir", certs])
-            .args([
-                "--dest-creds",
-                &admin_creds(),
-                &layout.reference(tag),
-                &remote(tag),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map(Running::new)
-            .expect("starting skopeo")
+        Running::start(
+            clients
+                .command("skopeo")
+                .args(["copy", "--retry-times", "3", "--dest-cert-dir", certs])
+                .args([
+                    "--dest-creds",
+                    &admin_creds(),
+                    &layout.reference(tag),
+                    &remote(tag),
+                ]),
+            None,
+        )
     };
     let pulled_intact = |tag: &str, image: &Image| {
         let target = clients.scratch(&format!("balanced-{tag}"));
@@ -375,7 +372,7 @@ fn clients_push_through_a_load_balancer_while_a_replica_dies(replicas: &mut Repl
     let mut small = Layout::create(&clients.scratch("spread"));
     let spread = small.add_image("amd64", "balanced");
     small.tag("v1", &spread.descriptor);
-    let output = push(&small, "v1").finish(PUSH_TIMEOUT);
+    let output = push(&small, "v1").finish();
     assert!(output.status.success(), "{}", printed(&output));
     let served = balancer.served();
     let sessions = upload_sessions(&served);
@@ -433,12 +430,12 @@ fn clients_push_through_a_load_balancer_while_a_replica_dies(replicas: &mut Repl
         &mut replicas.b
     };
     killed.kill_9();
-    let output = skopeo.finish(PUSH_TIMEOUT);
+    let output = skopeo.finish();
     if !output.status.success() {
         // The request the dead replica held fails (the balancer closes it or answers 502).
         // skopeo 1.9.3 does not retry that by itself, so the push is run again, as a user or
         // a CI job would: it goes to the surviving replica and sends what is not there yet.
-        let again = push(&big, "v2").finish(PUSH_TIMEOUT);
+        let again = push(&big, "v2").finish();
         assert!(
             again.status.success(),
             "the push finished through the surviving replica: {}\nthe first attempt: {}",
@@ -477,54 +474,6 @@ fn clients_push_through_a_load_balancer_while_a_replica_dies(replicas: &mut Repl
     );
     pulled_intact("v2", &image);
     killed.restart();
-}
-
-/// How long a client push through the balancer may take before the test gives up on it.
-const PUSH_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// A client process the test waits for with a deadline; killed if the test fails first.
-struct Running(Option<std::process::Child>);
-
-impl Running {
-    fn new(child: std::process::Child) -> Running {
-        Running(Some(child))
-    }
-
-    fn running(&mut self) -> bool {
-        self.0.as_mut().is_some_and(|child| {
-            child
-                .try_wait()
-                .expect("checking the client process")
-                .is_none()
-        })
-    }
-
-    /// Waits for the process to exit (its output is a few lines, so the pipes never fill)
-    /// and returns its output.
-    fn finish(mut self, timeout: Duration) -> std::process::Output {
-        let deadline = Instant::now() + timeout;
-        while self.running() {
-            assert!(
-                Instant::now() < deadline,
-                "the client did not finish within {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.0
-            .take()
-            .expect("the process")
-            .wait_with_output()
-            .expect("collecting the client's output")
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// Which replicas served each upload session's `POST`, `PATCH` and `PUT` requests.

@@ -6,12 +6,14 @@
 //! - buildah and podman store images under the test's temporary directory (`vfs`: no kernel
 //!   mounts, so nothing outlives a failed test); registries, auth and signature policy come
 //!   from files written here, never from `/etc/containers` or the user's home.
-//! - Every command has a deadline, and a failure shows the command line, stdout and stderr.
+//! - Every command has a deadline, and a failure shows the command line, stdout and stderr;
+//!   a command left running by a failed test is killed (`Running`).
 
 use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -39,57 +41,105 @@ pub fn output(command: &mut Command) -> Output {
 /// Runs `command` with `input` (if any) as its stdin, to completion, and returns its output,
 /// whatever its exit status.
 pub fn output_with_input(command: &mut Command, input: Option<&[u8]>) -> Output {
-    let program = command.get_program().to_string_lossy().into_owned();
-    require(&program);
-    let line = describe(command);
-    let stdin = if input.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    };
-    let mut child = command
-        .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|err| panic!("starting `{line}`: {err}"));
-    if let Some(input) = input {
-        let mut stdin = child.stdin.take().expect("stdin is piped");
-        let input = input.to_vec();
-        // A writer thread: a command that prints before reading cannot deadlock the test.
-        std::thread::spawn(move || {
-            let _ = stdin.write_all(&input);
-        });
-    }
-    // Read both pipes while waiting, so a verbose command cannot block on a full pipe.
-    let mut stdout = child.stdout.take().expect("stdout is piped");
-    let mut stderr = child.stderr.take().expect("stderr is piped");
-    let stdout = std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = stdout.read_to_end(&mut bytes);
-        bytes
-    });
-    let stderr = std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = stderr.read_to_end(&mut bytes);
-        bytes
-    });
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for a client command") {
-            break status;
+    Running::start(command, input).finish()
+}
+
+/// A client command running in the background while the test does something else: its pipes
+/// are read as it goes (a verbose command cannot block on a full pipe), `finish` waits with
+/// the command deadline, and dropping it (a failed test) kills the process.
+pub struct Running {
+    line: String,
+    child: Option<Child>,
+    stdout: Option<JoinHandle<Vec<u8>>>,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+}
+
+impl Running {
+    /// Starts `command` with `input` (if any) as its stdin.
+    pub fn start(command: &mut Command, input: Option<&[u8]>) -> Running {
+        let program = command.get_program().to_string_lossy().into_owned();
+        require(&program);
+        let line = describe(command);
+        let stdin = if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        };
+        let mut child = command
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|err| panic!("starting `{line}`: {err}"));
+        if let Some(input) = input {
+            let mut stdin = child.stdin.take().expect("stdin is piped");
+            let input = input.to_vec();
+            // A writer thread: a command that prints before reading cannot deadlock the test.
+            std::thread::spawn(move || {
+                let _ = stdin.write_all(&input);
+            });
         }
-        if Instant::now() > deadline {
+        let read = |mut pipe: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                let _ = pipe.read_to_end(&mut bytes);
+                bytes
+            })
+        };
+        let stdout = read(Box::new(child.stdout.take().expect("stdout is piped")));
+        let stderr = read(Box::new(child.stderr.take().expect("stderr is piped")));
+        Running {
+            line,
+            child: Some(child),
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|child| {
+            child
+                .try_wait()
+                .expect("waiting for a client command")
+                .is_none()
+        })
+    }
+
+    /// Waits for the process to exit (killing it past the deadline) and returns its output.
+    pub fn finish(mut self) -> Output {
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let mut child = self.child.take().expect("the process");
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("waiting for a client command") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("`{}` did not finish within {COMMAND_TIMEOUT:?}", self.line);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let collect = |pipe: Option<JoinHandle<Vec<u8>>>| {
+            pipe.expect("the pipe's reader")
+                .join()
+                .expect("reading the pipe")
+        };
+        Output {
+            status,
+            stdout: collect(self.stdout.take()),
+            stderr: collect(self.stderr.take()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("`{line}` did not finish within {COMMAND_TIMEOUT:?}");
         }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output {
-        status,
-        stdout: stdout.join().expect("reading stdout"),
-        stderr: stderr.join().expect("reading stderr"),
     }
 }
 
