@@ -66,7 +66,7 @@ impl Payload {
             hasher.update(self.bytes(offset..end));
             offset = end;
         }
-        format!("sha256:{}", hex(&hasher.finalize()))
+        oci::Digest::sha256_from_bytes(&hasher.finalize().into()).to_string()
     }
 
     /// A request body for `range`, generated one piece at a time as the connection takes it.
@@ -96,20 +96,9 @@ impl Payload {
     }
 }
 
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        text.push(DIGITS[usize::from(byte >> 4)] as char);
-        text.push(DIGITS[usize::from(byte & 0xf)] as char);
-    }
-    text
-}
-
 /// `sha256:<hex>` of bytes in memory.
 pub fn digest_of(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex(&sha2::Sha256::digest(bytes)))
+    oci::Digest::sha256_from_bytes(&sha2::Sha256::digest(bytes).into()).to_string()
 }
 
 #[cfg(test)]
@@ -183,10 +172,5 @@ mod tests {
             Payload::new(9, 0).digest(),
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
-    }
-
-    #[test]
-    fn hex_is_lower_case_and_padded() {
-        assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
     }
 }

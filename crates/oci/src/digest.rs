@@ -140,6 +140,11 @@ mod tests {
     const HEX64: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
     #[test]
+    fn hex_is_lower_case_and_padded() {
+        assert_eq!(to_hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
+    }
+
+    #[test]
     fn parses_registered_algorithms_and_refuses_the_rest() {
         let long = "a".repeat(128);
         let cases: &[(String, Result<(), &str>)] = &[
