@@ -29,7 +29,7 @@ pub fn require(program: &str) {
         found,
         "`{program}` is not installed: run tools/check, which installs every client the \
          black-box tests drive (apt-get install skopeo buildah podman umoci curl openssl \
-         busybox-static fuse-overlayfs docker.io)"
+         busybox-static fuse-overlayfs docker.io haproxy docker-compose iproute2)"
     );
 }
 
