@@ -7,7 +7,8 @@
 //!   configured grace period to finish.
 //! - A first start given `BULWARK_ADMIN_PASSWORD` listens before the admin account exists:
 //!   argon2 hashes its password on a blocking thread meanwhile, and logins wait for the
-//!   account (`Access::hold_logins_until`). If it cannot be created, the server stops.
+//!   account (`Access::hold_logins_until`). If it cannot be created, the server stops like on
+//!   SIGTERM (draining what is in flight) and exits with the error.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
@@ -137,6 +138,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
+    // Set when the admin account could not be created: the server stops as on SIGTERM
+    // (requests in flight, such as logins answered 503, still finish), then reports it.
+    let mut failure = None;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -166,7 +170,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
             }, if admin_created.is_some() => {
                 admin_created = None;
-                created.context("creating the admin account")??;
+                if let Err(err) = created.context("creating the admin account").and_then(|r| r) {
+                    tracing::error!("{err:#}; shutting down");
+                    failure = Some(err);
+                    break;
+                }
             }
         }
     }
@@ -181,7 +189,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
     }
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }
 
 async fn serve_connection(
