@@ -109,16 +109,32 @@ impl Grant {
     }
 }
 
+/// Whether `pattern` matches all of `text`, in time proportional to their lengths' product
+/// (patterns and names are at most 255 bytes). A backtracking matcher would be exponential in
+/// the number of stars, and a robot's owner chooses its patterns.
 fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    match pattern {
-        [] => text.is_empty(),
-        [b'*', b'*', rest @ ..] => (0..=text.len()).any(|skip| glob_match(rest, &text[skip..])),
-        [b'*', rest @ ..] => {
-            let segment = text.iter().position(|&b| b == b'/').unwrap_or(text.len());
-            (0..=segment).any(|skip| glob_match(rest, &text[skip..]))
+    let width = text.len() + 1;
+    // `matched[i * width + j]`: does `pattern[i..]` match `text[j..]`? Filled from the ends.
+    let mut matched = vec![false; (pattern.len() + 1) * width];
+    matched[pattern.len() * width + text.len()] = true;
+    for i in (0..pattern.len()).rev() {
+        for j in (0..=text.len()).rev() {
+            let next = text.get(j).copied();
+            matched[i * width + j] = match (pattern[i], pattern.get(i + 1)) {
+                // `**`: nothing more, or one more byte of any kind.
+                (b'*', Some(b'*')) => {
+                    matched[(i + 2) * width + j] || (next.is_some() && matched[i * width + j + 1])
+                }
+                // `*`: nothing more, or one more byte of this path component.
+                (b'*', _) => {
+                    matched[(i + 1) * width + j]
+                        || (next.is_some_and(|b| b != b'/') && matched[i * width + j + 1])
+                }
+                (literal, _) => next == Some(literal) && matched[(i + 1) * width + j + 1],
+            };
         }
-        [first, rest @ ..] => text.first() == Some(first) && glob_match(rest, &text[1..]),
     }
+    matched[0]
 }
 
 /// Who is asking.
@@ -651,6 +667,11 @@ mod tests {
             ("team/app", "team/apps", false),
             ("*/app", "team/app", true),
             ("**", "a/b/c", true),
+            ("**/c", "a/b/c", true),
+            ("a/**/c", "a/c", false),
+            ("a/**c", "a/b/c", true),
+            ("*a*b", "xaxb", true),
+            ("*a*b", "xa/b", false),
         ];
         for (pattern, name, expected) in cases {
             let grant = Grant {
@@ -659,5 +680,27 @@ mod tests {
             };
             assert_eq!(grant.matches(&repo(name)), expected, "{pattern} vs {name}");
         }
+    }
+
+    #[test]
+    fn many_stars_against_a_long_name_answer_at_once() {
+        // Exponential for a backtracking matcher: each star retries every split.
+        let grant = Grant {
+            pattern: format!("team/{}b", "*a".repeat(60)),
+            actions: BTreeSet::new(),
+        };
+        let name = format!("team/{}", "a".repeat(200));
+        assert!(!grant.matches(&repo(&name)));
+        assert!(grant.matches(&repo(&format!("{name}b"))));
+    }
+
+    #[test]
+    fn stars_may_match_nothing_but_never_a_slash() {
+        assert!(glob_match(b"*", b""));
+        assert!(glob_match(b"a/*", b"a/"));
+        assert!(!glob_match(b"*", b"/"));
+        assert!(glob_match(b"**", b"/"));
+        assert!(!glob_match(b"", b"a"));
+        assert!(glob_match(b"", b""));
     }
 }
