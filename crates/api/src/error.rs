@@ -126,9 +126,6 @@ impl From<registry::Error> for ApiError {
                     "requested range is outside the blob's {size} bytes"
                 ))
                 .header("content-range", format!("bytes */{size}")),
-            E::RangeInvalid(text) => ApiError::new(ErrorCode::BlobUnknown)
-                .status(StatusCode::RANGE_NOT_SATISFIABLE)
-                .message(format!("malformed range {text:?}")),
             E::DigestInvalid(text) => ApiError::new(ErrorCode::DigestInvalid).message(text),
             E::ManifestInvalid(text) => ApiError::new(ErrorCode::ManifestInvalid).message(text),
             E::ManifestTooLarge { limit } => ApiError::new(ErrorCode::SizeInvalid)

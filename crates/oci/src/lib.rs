@@ -17,5 +17,5 @@ pub use digest::{Algorithm, Digest, DigestError};
 pub use error::ErrorCode;
 pub use manifest::{Descriptor, Manifest, ManifestError, ManifestKind};
 pub use name::{NameError, RepositoryName, Tag};
-pub use range::{ByteRange, RangeError};
+pub use range::{ByteRange, RangeError, Unsatisfiable};
 pub use reference::Reference;

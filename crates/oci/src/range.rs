@@ -10,8 +10,10 @@ pub struct ByteRange {
 }
 
 impl ByteRange {
+    /// The number of bytes, saturating: a range as long as `u64` itself (`0-18446744073709551615`)
+    /// reads as `u64::MAX` bytes, which no body carries, so it is refused where it is checked.
     pub fn len(&self) -> u64 {
-        self.end - self.start + 1
+        (self.end - self.start).saturating_add(1)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -27,11 +29,28 @@ pub enum RangeError {
     Unsatisfiable { size: u64 },
 }
 
+/// A well-formed `Range` that starts beyond the blob's `size` bytes (or asks for none of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("range cannot be satisfied for a blob of {size} bytes")]
+pub struct Unsatisfiable {
+    pub size: u64,
+}
+
 /// Resolves a `Range` request header against a blob of `size` bytes.
 ///
-/// `Ok(None)` means "send the whole blob": the header is syntactically not a single byte range
-/// (multiple ranges, other units), which RFC 9110 lets a server ignore.
-pub fn resolve_request_range(header: &str, size: u64) -> Result<Option<ByteRange>, RangeError> {
+/// `Ok(None)` means "send the whole blob": the header is not a single valid byte range (multiple
+/// ranges, other units, `bytes=9-0`, `bytes=5`), which RFC 9110 lets a server ignore; a client
+/// asking nonsense gets the whole blob rather than an error. Only a well-formed range outside
+/// the blob is `Unsatisfiable` (416).
+pub fn resolve_request_range(header: &str, size: u64) -> Result<Option<ByteRange>, Unsatisfiable> {
+    match resolve_single_range(header, size) {
+        Ok(range) => Ok(range),
+        Err(RangeError::Malformed(_)) => Ok(None),
+        Err(RangeError::Unsatisfiable { size }) => Err(Unsatisfiable { size }),
+    }
+}
+
+fn resolve_single_range(header: &str, size: u64) -> Result<Option<ByteRange>, RangeError> {
     let Some(spec) = header.trim().strip_prefix("bytes=") else {
         return Ok(None);
     };
@@ -100,12 +119,11 @@ pub fn parse_content_range(header: &str) -> Result<ByteRange, RangeError> {
 mod tests {
     use super::*;
 
-    fn show(result: Result<Option<ByteRange>, RangeError>) -> String {
+    fn show(result: Result<Option<ByteRange>, Unsatisfiable>) -> String {
         match result {
             Ok(Some(range)) => format!("{}-{}", range.start, range.end),
             Ok(None) => "whole".into(),
-            Err(RangeError::Malformed(_)) => "malformed".into(),
-            Err(RangeError::Unsatisfiable { .. }) => "416".into(),
+            Err(Unsatisfiable { .. }) => "416".into(),
         }
     }
 
@@ -122,10 +140,12 @@ mod tests {
             ("bytes=100-200", 100, "416"),
             ("bytes=-0", 100, "416"),
             ("bytes=0-", 0, "416"),
-            ("bytes=9-0", 100, "malformed"),
-            ("bytes=a-b", 100, "malformed"),
-            ("bytes=-", 100, "malformed"),
-            ("bytes=5", 100, "malformed"),
+            ("bytes=9-0", 100, "whole"),
+            ("bytes=a-b", 100, "whole"),
+            ("bytes=-", 100, "whole"),
+            ("bytes=5", 100, "whole"),
+            ("bytes=-18446744073709551615", 100, "0-99"),
+            ("bytes=0-18446744073709551615", 100, "0-99"),
             ("bytes=0-1,5-6", 100, "whole"),
             ("items=0-1", 100, "whole"),
         ];
@@ -151,10 +171,18 @@ mod tests {
             ("5-", None),
             ("", None),
             ("abc", None),
+            ("0-18446744073709551616", None),
         ];
         for (header, expected) in cases {
             let got = parse_content_range(header).ok().map(|r| (r.start, r.end));
             assert_eq!(got, *expected, "header {header:?}");
         }
+    }
+
+    #[test]
+    fn a_range_as_long_as_u64_does_not_overflow_its_length() {
+        let range = parse_content_range("0-18446744073709551615").expect("parses");
+        assert_eq!(range.len(), u64::MAX);
+        assert_eq!(ByteRange { start: 5, end: 5 }.len(), 1);
     }
 }

@@ -16,8 +16,6 @@ pub enum Error {
     UploadOutOfOrder { offset: u64, got: u64 },
     #[error("range cannot be satisfied for a blob of {size} bytes")]
     RangeNotSatisfiable { size: u64 },
-    #[error("range {0:?} is malformed")]
-    RangeInvalid(String),
     #[error("{0}")]
     DigestInvalid(String),
     #[error("manifest is invalid: {0}")]

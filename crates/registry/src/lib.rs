@@ -128,12 +128,8 @@ impl Registry {
     ) -> Result<BlobContent, Error> {
         let size = self.stat_blob(repository, digest).await?;
         let range = match range {
-            Some(header) => {
-                oci::range::resolve_request_range(header, size).map_err(|err| match err {
-                    oci::RangeError::Unsatisfiable { size } => Error::RangeNotSatisfiable { size },
-                    oci::RangeError::Malformed(text) => Error::RangeInvalid(text),
-                })?
-            }
+            Some(header) => oci::range::resolve_request_range(header, size)
+                .map_err(|oci::Unsatisfiable { size }| Error::RangeNotSatisfiable { size })?,
             None => None,
         };
         let read = self.blobs.read(digest, range).await?;

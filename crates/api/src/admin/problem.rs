@@ -112,7 +112,6 @@ impl From<registry::Error> for Problem {
             | E::UploadInvalid(_)
             | E::UploadOutOfOrder { .. }
             | E::RangeNotSatisfiable { .. }
-            | E::RangeInvalid(_)
             | E::DigestInvalid(_)
             | E::ManifestInvalid(_)
             | E::ManifestTooLarge { .. }
