@@ -9,9 +9,12 @@
 //! - Every error leaves as the spec's envelope (`error::ApiError`); no internal text leaks.
 //! - Request and response bodies of blobs stream; only manifests (bounded by the configured
 //!   limit) are read whole.
+//! - A refused or failed request's unread body is drained (up to `drain::DRAIN_LIMIT`) before
+//!   the error is sent, so HTTP/1 clients read the answer instead of a reset connection.
 
 pub mod access;
 pub mod admin;
+mod drain;
 pub mod error;
 pub mod operation;
 pub mod token;
@@ -32,6 +35,7 @@ use registry::{Registry, UploadStart, UploadStatus};
 use tracing::Instrument;
 
 use crate::access::{Caller, ClientAddress};
+use crate::drain::{drain, Leftover};
 use crate::error::ApiError;
 use crate::operation::{Method, Operation};
 
@@ -53,26 +57,6 @@ pub fn router(registry: Arc<Registry>, access: Arc<Access>) -> Router {
         .fallback(not_found)
         .with_state(AppState { registry, access })
         .layer(middleware::from_fn(log_request))
-}
-
-/// How much of a refused request's body is read (and discarded) so the client sees the answer
-/// instead of a reset connection; a larger body gets the answer and a closed connection.
-const DRAIN_LIMIT: usize = 1024 * 1024;
-const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
-
-async fn drain(body: Body) {
-    use http_body_util::BodyExt;
-    let mut body = body;
-    let mut read = 0usize;
-    let reading = async {
-        while let Some(Ok(frame)) = body.frame().await {
-            read += frame.data_ref().map_or(0, |data| data.len());
-            if read > DRAIN_LIMIT {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(DRAIN_TIME, reading).await;
 }
 
 /// One log line per request, inside a span carrying the request id.
@@ -153,6 +137,8 @@ async fn dispatch(State(state): State<AppState>, rest: &str, request: Request) -
         }
     };
     let audited = audit_action(&operation);
+    // What a failing handler left of the body is drained below, so the client reads the error.
+    let (request, leftover) = Leftover::watch(request);
     match handle(&state, operation, request, &caller).await {
         Ok(response) => {
             if let Some((action, target)) = audited {
@@ -163,7 +149,12 @@ async fn dispatch(State(state): State<AppState>, rest: &str, request: Request) -
             }
             response
         }
-        Err(err) => err.into_response(),
+        Err(err) => {
+            if let Some(body) = leftover.take() {
+                drain(body).await;
+            }
+            err.into_response()
+        }
     }
 }
 

@@ -228,6 +228,34 @@ async fn chunked_uploads_append_in_order_and_close_with_put() {
 }
 
 #[tokio::test]
+async fn a_refused_upload_body_is_read_before_the_error_is_sent() {
+    // Answering before the body is read makes the kernel reset the connection, and an HTTP/1
+    // client still sending loses the answer: a failed request's body is drained first.
+    let registry = TestRegistry::start().await;
+    let pulled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = pulled.clone();
+    let chunks = futures_util::stream::iter(0..4).map(move |_| {
+        counter.fetch_add(64 * 1024, std::sync::atomic::Ordering::Relaxed);
+        Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 64 * 1024]))
+    });
+    registry
+        .send(
+            call(
+                "PATCH",
+                "/v2/app/blobs/uploads/0b8a2d6e-7c4f-4f7e-9d0a-3a1e5c2b9f10",
+            )
+            .body_stream(axum::body::Body::from_stream(chunks)),
+        )
+        .await
+        .expect_error(404, "BLOB_UPLOAD_UNKNOWN");
+    assert_eq!(
+        pulled.load(std::sync::atomic::Ordering::Relaxed),
+        4 * 64 * 1024,
+        "the whole refused body was read"
+    );
+}
+
+#[tokio::test]
 async fn an_out_of_order_chunk_is_refused_with_416_and_the_current_range() {
     let registry = TestRegistry::start().await;
     let location = registry.start_upload("app").await;
