@@ -9,12 +9,13 @@
 //! - Every error leaves as the spec's envelope (`error::ApiError`); no internal text leaks.
 //! - Request and response bodies of blobs stream; only manifests (bounded by the configured
 //!   limit) are read whole.
-//! - A refused or failed request's unread body is drained (up to `drain::DRAIN_LIMIT`) before
-//!   the error is sent, so HTTP/1 clients read the answer instead of a reset connection.
+//! - A refused or failed request's unread body is drained (up to `body::DRAIN_LIMIT`) before
+//!   the error is sent, so HTTP/1 clients read the answer instead of a reset connection; a body
+//!   that sends nothing for `body::BODY_IDLE_TIMEOUT` fails its request.
 
 pub mod access;
 pub mod admin;
-mod drain;
+mod body;
 pub mod error;
 pub mod operation;
 pub mod token;
@@ -35,7 +36,7 @@ use registry::{Registry, UploadStart, UploadStatus};
 use tracing::Instrument;
 
 use crate::access::{Caller, ClientAddress};
-use crate::drain::{drain, Leftover};
+use crate::body::{drain, Leftover, BODY_IDLE_TIMEOUT};
 use crate::error::ApiError;
 use crate::operation::{Method, Operation};
 
@@ -137,8 +138,9 @@ async fn dispatch(State(state): State<AppState>, rest: &str, request: Request) -
         }
     };
     let audited = audit_action(&operation);
-    // What a failing handler left of the body is drained below, so the client reads the error.
-    let (request, leftover) = Leftover::watch(request);
+    // What a failing handler left of the body is drained below, so the client reads the error;
+    // a body that stops arriving fails the request.
+    let (request, leftover) = Leftover::watch(request, BODY_IDLE_TIMEOUT);
     match handle(&state, operation, request, &caller).await {
         Ok(response) => {
             if let Some((action, target)) = audited {

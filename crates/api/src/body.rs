@@ -1,0 +1,269 @@
+//! Request bodies: a refused one is read before the answer goes out, a stalled one is cut off.
+//!
+//! When a server answers before reading the whole request body and closes the connection, the
+//! kernel resets it, and an HTTP/1 client still sending often loses the answer with it. So a
+//! refused request's body is read and discarded, up to a limit, before the answer goes out.
+//! And a body that stops arriving would hold its upload (a writer, a staging file, a
+//! connection) for as long as the client likes, so one that sends nothing for
+//! `BODY_IDLE_TIMEOUT` fails.
+//!
+//! Invariants:
+//! - At most `DRAIN_LIMIT` bytes and `DRAIN_TIME` are spent on one body; a larger or slower one
+//!   gets the answer and a closed connection. Nothing read is kept.
+//! - A body a handler dropped before its end comes back through `Leftover` (the body itself
+//!   never needs to be cloned or buffered); one read to its end leaves nothing to drain.
+//! - The idle limit costs no timer per frame: the one timer is re-armed only when it fires
+//!   while frames are still arriving.
+
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::time::{Instant, Sleep};
+
+/// How much of a refused request's body is read (and discarded) so the client sees the answer.
+pub(crate) const DRAIN_LIMIT: usize = 1024 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// How long a request body may send nothing before the request fails. Clients stream layers
+/// without pauses; a minute of silence is a dead client or one holding the upload on purpose.
+pub(crate) const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Reads and discards `body`, within the limits.
+pub(crate) async fn drain(body: Body) {
+    let mut body = body;
+    let mut read = 0usize;
+    let reading = async {
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |data| data.len());
+            if read > DRAIN_LIMIT {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, reading).await;
+}
+
+/// Where a request body dropped before its end ends up.
+pub(crate) struct Leftover(Arc<Mutex<Option<Body>>>);
+
+impl Leftover {
+    /// Replaces `request`'s body with one that fails after `idle` without a frame and that,
+    /// dropped unfinished, hands itself back here.
+    pub(crate) fn watch(request: Request, idle: Duration) -> (Request, Leftover) {
+        let slot = Arc::new(Mutex::new(None));
+        if request.body().is_end_stream() {
+            // Nothing to read (most GETs and HEADs): no wrapper.
+            return (request, Leftover(slot));
+        }
+        let request = request.map(|body| {
+            Body::new(Returning {
+                body: Some(Body::new(Idle::new(body, idle))),
+                slot: slot.clone(),
+            })
+        });
+        (request, Leftover(slot))
+    }
+
+    /// The unfinished body, if it was dropped before its end.
+    pub(crate) fn take(&self) -> Option<Body> {
+        self.0.lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
+struct Returning {
+    /// `None` once the body ended.
+    body: Option<Body>,
+    slot: Arc<Mutex<Option<Body>>>,
+}
+
+impl http_body::Body for Returning {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        let Some(body) = this.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(body).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            this.body = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.as_ref().is_none_or(|body| body.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |body| body.size_hint())
+    }
+}
+
+/// A body that fails once it has sent nothing for `idle`.
+struct Idle {
+    body: Body,
+    idle: Duration,
+    /// When the last frame (or the request) arrived.
+    last: Instant,
+    /// Fires at or before `last + idle`; re-armed only when it fires early.
+    timer: Pin<Box<Sleep>>,
+    timed_out: bool,
+}
+
+impl Idle {
+    fn new(body: Body, idle: Duration) -> Idle {
+        let now = Instant::now();
+        Idle {
+            body,
+            idle,
+            last: now,
+            timer: Box::pin(tokio::time::sleep_until(now + idle)),
+            timed_out: false,
+        }
+    }
+}
+
+impl http_body::Body for Idle {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        if this.timed_out {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            this.last = Instant::now();
+            return Poll::Ready(frame);
+        }
+        // Nothing yet: has it been quiet for `idle`?
+        while this.timer.as_mut().poll(cx).is_ready() {
+            let deadline = this.last + this.idle;
+            if Instant::now() >= deadline {
+                this.timed_out = true;
+                return Poll::Ready(Some(Err(axum::Error::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no data for {} seconds", this.idle.as_secs()),
+                )))));
+            }
+            this.timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.timed_out || self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        if let Some(body) = self.body.take() {
+            if !body.is_end_stream() {
+                if let Ok(mut slot) = self.slot.lock() {
+                    *slot = Some(body);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(body: &'static [u8]) -> Request {
+        Request::new(Body::from(body))
+    }
+
+    const IDLE: Duration = BODY_IDLE_TIMEOUT;
+
+    #[tokio::test]
+    async fn a_body_dropped_unread_comes_back_whole() {
+        let (request, leftover) = Leftover::watch(request(b"0123456789"), IDLE);
+        drop(request);
+        let body = leftover.take().expect("the body came back");
+        let bytes = body.collect().await.expect("readable").to_bytes();
+        assert_eq!(&bytes[..], b"0123456789");
+    }
+
+    #[tokio::test]
+    async fn a_body_read_to_its_end_leaves_nothing() {
+        let (request, leftover) = Leftover::watch(request(b"0123456789"), IDLE);
+        let bytes = request
+            .into_body()
+            .collect()
+            .await
+            .expect("readable")
+            .to_bytes();
+        assert_eq!(&bytes[..], b"0123456789");
+        assert!(leftover.take().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_empty_body_leaves_nothing() {
+        let (request, leftover) = Leftover::watch(request(b""), IDLE);
+        drop(request);
+        assert!(leftover.take().is_none());
+    }
+
+    /// A body that sends `first`, then nothing until `release` fires (or is dropped).
+    fn stalling(first: &'static [u8], release: tokio::sync::oneshot::Receiver<()>) -> Request {
+        let first = futures_util::stream::once(async move { Ok(Bytes::from_static(first)) });
+        let stall = futures_util::stream::once(async move {
+            let _ = release.await;
+            Ok::<_, std::io::Error>(Bytes::from_static(b"late"))
+        });
+        Request::new(Body::from_stream(futures_util::StreamExt::chain(
+            first, stall,
+        )))
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stops_sending_fails_after_the_idle_time() {
+        let (_release, release) = tokio::sync::oneshot::channel();
+        let (request, _leftover) =
+            Leftover::watch(stalling(b"first", release), Duration::from_millis(50));
+        let mut body = request.into_body();
+        let frame = body.frame().await.expect("a frame").expect("not an error");
+        assert_eq!(frame.into_data().expect("data"), "first");
+        let failed = body.frame().await.expect("an outcome");
+        assert!(failed.is_err(), "the stalled body failed");
+        assert!(body.frame().await.is_none(), "and then ends");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_keeps_sending_is_not_cut_off() {
+        let (release, released) = tokio::sync::oneshot::channel();
+        let (request, _leftover) = Leftover::watch(stalling(b"first", released), IDLE);
+        release.send(()).expect("the body waits");
+        let bytes = request
+            .into_body()
+            .collect()
+            .await
+            .expect("no timeout")
+            .to_bytes();
+        assert_eq!(&bytes[..], b"firstlate");
+    }
+}
