@@ -190,7 +190,7 @@ pub enum Rule {
     PublicPull(String),
     NotMember { user: String, project: String },
     AnonymousPrivate(String),
-    ProjectUnknown(String),
+    ProjectUnknown { who: String, project: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,14 +248,16 @@ impl Decision {
                 role.as_str()
             ),
             Rule::PublicPull(project) => format!("project {project} is public"),
+            // Worded like `ProjectUnknown`: a denial must not tell a private project from none.
             Rule::NotMember { user, project } => {
-                format!("user {user} is not a member of project {project}")
+                format!("user {user} is not a member of project {project}, or it does not exist")
             }
             Rule::AnonymousPrivate(project) => {
                 format!("project {project} is private; log in to {action}")
             }
-            Rule::ProjectUnknown(project) => {
-                format!("project {project} does not exist; an admin must create it")
+            // `who`: "user carol", "robot ci".
+            Rule::ProjectUnknown { who, project } => {
+                format!("{who} is not a member of project {project}, or it does not exist")
             }
         }
     }
@@ -287,28 +289,36 @@ pub fn authorize(
             name, expires_at, ..
         } if *expires_at <= now => Decision::deny(Rule::RobotExpired(name.clone()), action),
         Principal::User { admin: true, .. } => Decision::allow(Rule::SystemAdmin, action),
-        _ if project.is_none() => {
-            if matches!(principal, Principal::Anonymous) {
-                Decision::deny(Rule::AnonymousPrivate(project_name), action)
-            } else {
-                Decision::deny(Rule::ProjectUnknown(project_name), action)
-            }
-        }
+        // Before the project's existence is looked at, so the answer does not depend on it.
         Principal::Robot {
             name,
-            project: robot_project,
-            grants,
+            project: Some(robot_project),
             ..
-        } => {
-            if robot_project.as_deref().is_some_and(|p| p != project_name) {
-                return Decision::deny(
-                    Rule::RobotOutsideProject {
-                        robot: name.clone(),
-                        project: project_name,
-                    },
-                    action,
-                );
-            }
+        } if *robot_project != project_name => Decision::deny(
+            Rule::RobotOutsideProject {
+                robot: name.clone(),
+                project: project_name,
+            },
+            action,
+        ),
+        _ if project.is_none() => match principal {
+            Principal::Anonymous => Decision::deny(Rule::AnonymousPrivate(project_name), action),
+            Principal::User { name, .. } => Decision::deny(
+                Rule::ProjectUnknown {
+                    who: format!("user {name}"),
+                    project: project_name,
+                },
+                action,
+            ),
+            Principal::Robot { name, .. } => Decision::deny(
+                Rule::ProjectUnknown {
+                    who: format!("robot {name}"),
+                    project: project_name,
+                },
+                action,
+            ),
+        },
+        Principal::Robot { name, grants, .. } => {
             let grant = grants.iter().find(|g| {
                 g.actions.contains(&action) && g.matches(repository) && action != Action::Manage
             });
@@ -500,7 +510,7 @@ mod tests {
                 user("eve"),
                 "team/app",
                 Action::Pull,
-                "deny (user eve is not a member of project team)",
+                "deny (user eve is not a member of project team, or it does not exist)",
             ),
             (
                 Some(&public),
@@ -514,7 +524,7 @@ mod tests {
                 user("eve"),
                 "team/app",
                 Action::Push,
-                "deny (user eve is not a member of project team)",
+                "deny (user eve is not a member of project team, or it does not exist)",
             ),
             (
                 Some(&private),
@@ -542,7 +552,8 @@ mod tests {
                 user("olive"),
                 "other/app",
                 Action::Pull,
-                "deny (project other does not exist; an admin must create it)",
+                // The same words as for a private project olive is not a member of.
+                "deny (user olive is not a member of project other, or it does not exist)",
             ),
             (
                 None,
@@ -651,6 +662,19 @@ mod tests {
                 check(Some(policy), &principal, repository, action),
                 expected,
                 "{repository} {action}"
+            );
+        }
+    }
+
+    #[test]
+    fn denials_do_not_tell_a_private_project_from_a_missing_one() {
+        let private = project(false);
+        let outsider = robot(Some("other"), "**", &[Action::Pull], NOW + 10, false);
+        for principal in [user("eve"), outsider] {
+            assert_eq!(
+                check(Some(&private), &principal, "team/app", Action::Pull),
+                check(None, &principal, "team/app", Action::Pull),
+                "{principal:?}"
             );
         }
     }

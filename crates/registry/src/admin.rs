@@ -390,7 +390,7 @@ pub fn rule_name(rule: &Rule) -> &'static str {
         Rule::PublicPull(_) => "public_pull",
         Rule::NotMember { .. } => "not_member",
         Rule::AnonymousPrivate(_) => "anonymous_private",
-        Rule::ProjectUnknown(_) => "project_unknown",
+        Rule::ProjectUnknown { .. } => "project_unknown",
     }
 }
 

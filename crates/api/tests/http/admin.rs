@@ -2143,7 +2143,7 @@ async fn the_check_endpoint_dry_runs_authorization_for_admins_and_owners() {
         (
             user("alice"),
             check("user:carol", "team/app", "pull"),
-            json!({"allowed": false, "rule": "not_member", "reason": "user carol is not a member of project team"}),
+            json!({"allowed": false, "rule": "not_member", "reason": "user carol is not a member of project team, or it does not exist"}),
         ),
         (
             user("alice"),
@@ -2173,7 +2173,7 @@ async fn the_check_endpoint_dry_runs_authorization_for_admins_and_owners() {
         (
             root(),
             check("user:alice", "nowhere/app", "pull"),
-            json!({"allowed": false, "rule": "project_unknown", "reason": "project nowhere does not exist; an admin must create it"}),
+            json!({"allowed": false, "rule": "project_unknown", "reason": "user alice is not a member of project nowhere, or it does not exist"}),
         ),
     ];
     for (caller, question, expected) in cases {
