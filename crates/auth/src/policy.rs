@@ -6,8 +6,11 @@
 //! `reader` (pull). System admins may do anything. Robots carry explicit grants
 //! (repository glob → actions) and an expiry.
 //!
-//! Invariant: `authorize` is pure and total; its `Decision` names the rule that decided, and
-//! that rule's text is what a denied client and the audit log see.
+//! Invariants:
+//! - `authorize` is pure and total; its `Decision` names the rule that decided, and that
+//!   rule's text is what a denied client and the audit log see.
+//! - A denied caller cannot tell a private project it is not in from one that does not exist:
+//!   the two answers are worded the same.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
