@@ -291,6 +291,7 @@ pub async fn authorize(
             let principal = access
                 .authenticate(&username, &password, client)
                 .await
+                .map(|authenticated| authenticated.principal)
                 .map_err(|err| match err {
                     AuthError::Throttled { retry_after } => throttled(retry_after),
                     AuthError::BadCredentials | AuthError::BadToken(_) => challenge(

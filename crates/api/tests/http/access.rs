@@ -8,7 +8,8 @@ use crate::support::{call, digest, TestRegistry, ADMIN, ADMIN_PASSWORD};
 use auth::secret;
 use base64::Engine as _;
 use metadata::identity::{
-    AuditFilter, IdentityStore as _, ProjectRecord, RobotRecord, UserRecord, UserUpdate,
+    AccessTokenRecord, AuditFilter, IdentityStore as _, ProjectRecord, RobotRecord, UserRecord,
+    UserUpdate,
 };
 use serde_json::Value;
 
@@ -82,6 +83,79 @@ async fn token(registry: &TestRegistry, credentials: Option<(&str, &str)>, query
 
 fn bearer(token: &Value) -> String {
     format!("Bearer {}", token["token"].as_str().expect("a token"))
+}
+
+/// The claims of a token answer's access token, read without verifying it.
+fn claims(token: &Value) -> Value {
+    let jwt = token["token"].as_str().expect("a token");
+    let payload = jwt.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64");
+    serde_json::from_slice(&bytes).expect("json")
+}
+
+/// Exchanges a refresh token at the token service (asking for a new refresh token with
+/// `offline`); the reply as it comes.
+async fn refresh(
+    registry: &TestRegistry,
+    refresh_token: &str,
+    offline: bool,
+) -> crate::support::Reply {
+    let offline = if offline { "&access_type=offline" } else { "" };
+    registry
+        .send(
+            call("POST", "/auth/token")
+                .anonymous()
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("grant_type=refresh_token&refresh_token={refresh_token}&service=bulwark&scope=repository%3Ateam%2Fapp%3Apull{offline}").into_bytes()),
+        )
+        .await
+}
+
+/// A personal access token of `user`, stored directly; its secret.
+async fn access_token(registry: &TestRegistry, user: &str, id: &str) -> String {
+    let secret = secret::random();
+    registry
+        .store
+        .create_access_token(
+            &AccessTokenRecord {
+                id: id.into(),
+                user: user.into(),
+                description: "test".into(),
+                expires_at: None,
+                revoked: false,
+                created_at: 0,
+                last_used_at: None,
+            },
+            &secret.hash,
+        )
+        .await
+        .expect("create the access token");
+    secret.plaintext
+}
+
+/// Robot `robot$team+ci` with push and pull on `team/*`, stored directly; its secret.
+async fn team_robot(registry: &TestRegistry) -> String {
+    let secret = secret::random();
+    registry
+        .store
+        .create_robot(
+            &RobotRecord {
+                name: "robot$team+ci".into(),
+                project: Some("team".into()),
+                description: None,
+                grants: r#"[{"pattern":"team/*","actions":["pull","push"]}]"#.into(),
+                expires_at: i64::MAX,
+                revoked: false,
+                created_at: 0,
+                last_used_at: None,
+            },
+            &secret.hash,
+        )
+        .await
+        .expect("create the robot");
+    secret.plaintext
 }
 
 #[tokio::test]
@@ -819,7 +893,10 @@ async fn a_configured_signing_key_rotates_without_invalidating_issued_tokens() {
         admin: true,
         disabled: false,
     };
-    let issued = rotated.issue(&admin, &[], false).await.expect("issue");
+    let issued = rotated
+        .issue(&admin, None, &[], false)
+        .await
+        .expect("issue");
     let header = issued
         .access
         .token
@@ -1025,4 +1102,183 @@ async fn logins_answer_503_when_the_admin_account_cannot_be_created() {
         .send(call("GET", "/v2/").header("authorization", basic(ADMIN, ADMIN_PASSWORD)))
         .await;
     reply.expect(503);
+}
+
+#[tokio::test]
+async fn a_refresh_token_dies_with_the_access_token_it_came_from() {
+    let registry = team_registry().await;
+    let pat = access_token(&registry, "dev", "0123456789abcdef0123456789abcdef").await;
+    let first = token(
+        &registry,
+        Some(("dev", &pat)),
+        "offline_token=true&scope=repository:team/app:pull",
+    )
+    .await;
+    assert_eq!(claims(&first)["cred"], "token", "{first}");
+    let refresh_token = first["refresh_token"]
+        .as_str()
+        .expect("a refresh token")
+        .to_owned();
+    let reply = refresh(&registry, &refresh_token, true).await;
+    reply.expect(200);
+    let second = reply.json();
+    assert_eq!(
+        claims(&second)["cred"],
+        "token",
+        "a refreshed token still says it stems from an access token"
+    );
+    let renewed = second["refresh_token"]
+        .as_str()
+        .expect("a new refresh token")
+        .to_owned();
+    refresh(&registry, &renewed, false).await.expect(200);
+
+    assert!(registry
+        .store
+        .revoke_access_token("dev", "0123456789abcdef0123456789abcdef")
+        .await
+        .expect("revoke"));
+    for (which, refresh_token) in [("first", &refresh_token), ("renewed", &renewed)] {
+        let reply = refresh(&registry, refresh_token, false).await;
+        reply.expect(401);
+        assert_eq!(reply.json()["error"], "invalid_grant", "{which}");
+    }
+    // The password's refresh tokens are another credential's, and live on.
+    let by_password = token(
+        &registry,
+        Some(("dev", PASSWORD)),
+        "offline_token=true&scope=repository:team/app:pull",
+    )
+    .await;
+    assert_eq!(claims(&by_password)["cred"], "password");
+    let refresh_token = by_password["refresh_token"]
+        .as_str()
+        .expect("a refresh token");
+    refresh(&registry, refresh_token, false).await.expect(200);
+}
+
+#[tokio::test]
+async fn a_robot_refresh_token_dies_when_its_secret_is_rotated() {
+    let registry = team_registry().await;
+    let secret = team_robot(&registry).await;
+    let granted = token(
+        &registry,
+        Some(("robot$team+ci", &secret)),
+        "offline_token=true&scope=repository:team/app:pull",
+    )
+    .await;
+    assert_eq!(claims(&granted)["cred"], "robot");
+    let refresh_token = granted["refresh_token"]
+        .as_str()
+        .expect("a refresh token")
+        .to_owned();
+    let reply = refresh(&registry, &refresh_token, true).await;
+    reply.expect(200);
+    let renewed = reply.json()["refresh_token"]
+        .as_str()
+        .expect("a new refresh token")
+        .to_owned();
+
+    let rotated = secret::random();
+    assert!(registry
+        .store
+        .rotate_robot("robot$team+ci", &rotated.hash, None)
+        .await
+        .expect("rotate"));
+    for refresh_token in [&refresh_token, &renewed] {
+        let reply = refresh(&registry, refresh_token, false).await;
+        reply.expect(401);
+        assert_eq!(reply.json()["error"], "invalid_grant");
+    }
+    let fresh = token(
+        &registry,
+        Some(("robot$team+ci", &rotated.plaintext)),
+        "offline_token=true&scope=repository:team/app:pull",
+    )
+    .await;
+    let refresh_token = fresh["refresh_token"].as_str().expect("a refresh token");
+    refresh(&registry, refresh_token, false).await.expect(200);
+}
+
+#[tokio::test]
+async fn bad_secrets_in_an_accounts_name_do_not_lock_it_out() {
+    let registry = team_registry().await;
+    let secret = team_robot(&registry).await;
+    let pat = access_token(&registry, "dev", "0123456789abcdef0123456789abcdef").await;
+    let attacker = [192, 0, 2, 7];
+    for name in ["robot$team+ci", "dev"] {
+        let mut statuses = Vec::new();
+        for _ in 0..8 {
+            let wrong = secret::random().plaintext;
+            let reply = registry
+                .send(
+                    call("GET", "/v2/")
+                        .header("authorization", basic(name, &wrong))
+                        .client_address(attacker),
+                )
+                .await;
+            statuses.push(reply.status.as_u16());
+        }
+        assert_eq!(
+            statuses.last(),
+            Some(&429),
+            "the attacker's own address is throttled: {statuses:?}"
+        );
+    }
+    // Neither the robot nor the user is locked out from anywhere else.
+    for (name, credential) in [
+        ("robot$team+ci", secret.as_str()),
+        ("dev", pat.as_str()),
+        ("dev", PASSWORD),
+    ] {
+        registry
+            .send(
+                call("GET", "/v2/")
+                    .header("authorization", basic(name, credential))
+                    .client_address([10, 0, 0, 1]),
+            )
+            .await
+            .expect(200);
+    }
+}
+
+#[tokio::test]
+async fn password_failures_from_strangers_do_not_lock_out_a_known_client() {
+    let registry = team_registry().await;
+    let home = [10, 0, 0, 1];
+    registry
+        .send(
+            call("GET", "/v2/")
+                .header("authorization", basic("rita", PASSWORD))
+                .client_address(home),
+        )
+        .await
+        .expect(200);
+    for _ in 0..8 {
+        registry
+            .send(
+                call("GET", "/v2/")
+                    .header("authorization", basic("rita", "a wrong guess at it"))
+                    .client_address([192, 0, 2, 7]),
+            )
+            .await;
+    }
+    // A new address meets the account's lock...
+    registry
+        .send(
+            call("GET", "/v2/")
+                .header("authorization", basic("rita", PASSWORD))
+                .client_address([10, 0, 0, 2]),
+        )
+        .await
+        .expect_error(429, "TOOMANYREQUESTS");
+    // ...but where rita logged in before, she still can.
+    registry
+        .send(
+            call("GET", "/v2/")
+                .header("authorization", basic("rita", PASSWORD))
+                .client_address(home),
+        )
+        .await
+        .expect(200);
 }
