@@ -679,6 +679,12 @@ impl Access {
         }
     }
 
+    /// Whether a verified token's lifetime is over (only upload sessions accept such a token,
+    /// and only once its principal is re-checked).
+    pub fn expired(&self, claims: &Claims) -> bool {
+        claims.exp <= now()
+    }
+
     /// Issues a token with the intersection of what `scopes` ask and what `principal` may do.
     /// `credential` is how the principal proved itself (`None` for anonymous): the access
     /// token names its kind, and a refresh token (with `offline`) is bound to it.

@@ -1282,3 +1282,120 @@ async fn password_failures_from_strangers_do_not_lock_out_a_known_client() {
         .await
         .expect(200);
 }
+
+#[tokio::test]
+async fn an_expired_token_continues_an_upload_only_while_its_principal_may_push() {
+    use registry::access::{Access, AccessSettings, Credential};
+    let registry = team_registry().await;
+    let location = {
+        let reply = registry
+            .send(
+                call("POST", "/v2/team/app/blobs/uploads/")
+                    .header("authorization", basic("dev", PASSWORD)),
+            )
+            .await;
+        reply.expect(202);
+        reply.header("location").to_owned()
+    };
+    // Tokens of the registry's own keys that have expired the moment they are issued.
+    let expired = Access::open(
+        registry.store.clone(),
+        AccessSettings {
+            token_lifetime: std::time::Duration::ZERO,
+            ..AccessSettings::default()
+        },
+    )
+    .await
+    .expect("open access control");
+    let dev = auth::policy::Principal::User {
+        name: "dev".into(),
+        admin: false,
+        disabled: false,
+    };
+    let scope = auth::scope::Scope::parse("repository:team/app:pull,push").expect("scope");
+    let credential = Credential::Password {
+        fingerprint: "0123456789abcdef01234567".into(),
+    };
+    let issued = expired
+        .issue(&dev, Some(&credential), &[scope], false)
+        .await
+        .expect("issue");
+    let token = format!("Bearer {}", issued.access.token);
+    registry
+        .send(call("GET", "/v2/team/app/tags/list").header("authorization", &token))
+        .await
+        .expect_error(401, "UNAUTHORIZED");
+    let patch = |bytes: &'static [u8], start: usize| {
+        call("PATCH", &location)
+            .header("authorization", &token)
+            .header(
+                "content-range",
+                format!("{start}-{}", start + bytes.len() - 1),
+            )
+            .octets(bytes)
+    };
+    registry.send(patch(b"first", 0)).await.expect(202);
+
+    // Demoted to reader: no more pushing, whatever the token said.
+    registry
+        .store
+        .set_member("team", "dev", "reader")
+        .await
+        .expect("demote");
+    registry
+        .send(patch(b"second", 5))
+        .await
+        .expect_error(403, "DENIED");
+    registry
+        .store
+        .set_member("team", "dev", "developer")
+        .await
+        .expect("restore");
+    registry.send(patch(b"second", 5)).await.expect(202);
+
+    // Disabled: the session stops too.
+    registry
+        .store
+        .update_user(
+            "dev",
+            &UserUpdate {
+                disabled: Some(true),
+                ..UserUpdate::default()
+            },
+        )
+        .await
+        .expect("disable");
+    let reply = registry.send(patch(b"third", 11)).await;
+    reply.expect_error(403, "DENIED");
+    assert_eq!(reply.json()["errors"][0]["message"], "user dev is disabled");
+}
+
+#[tokio::test]
+async fn a_token_mounts_only_from_repositories_it_grants_pull_on() {
+    let registry = team_registry().await;
+    registry.push_image("team/app", "v1", "team").await;
+    let layer = digest(b"layer of team");
+    let mount = format!("/v2/team/copy/blobs/uploads/?mount={layer}&from=team/app");
+    // dev may pull team/app, but this token is for team/copy alone: no mount, an upload.
+    let narrow = token(
+        &registry,
+        Some(("dev", PASSWORD)),
+        "scope=repository:team/copy:pull,push",
+    )
+    .await;
+    registry
+        .send(call("POST", &mount).header("authorization", bearer(&narrow)))
+        .await
+        .expect(202);
+    // What clients ask for when they mount: pull on the source in the same token.
+    let with_source = token(
+        &registry,
+        Some(("dev", PASSWORD)),
+        "scope=repository:team/copy:pull,push&scope=repository:team/app:pull",
+    )
+    .await;
+    registry
+        .send(call("POST", &mount).header("authorization", bearer(&with_source)))
+        .await
+        .expect(201);
+}
