@@ -7,6 +7,10 @@
 //!   until someone decides who may call it.
 //! - A denial with a known principal is a 403 `DENIED` naming the rule; a request without
 //!   usable credentials is a 401 with a Bearer challenge; both are audited.
+//! - A Bearer caller has exactly its token's access list, never its principal's wider rights
+//!   (a mount's source too: clients ask for `repository:<from>:pull` with the push scope).
+//! - An expired token is accepted only to continue an upload session, and only for a principal
+//!   that, as it stands now, may still push to the repository.
 
 use std::net::IpAddr;
 
@@ -88,16 +92,17 @@ impl Caller {
             })
     }
 
-    /// Whether the caller may pull `repository` (for mounts and catalog filtering).
+    /// Whether the caller may pull `repository` (the source of a mount). A Bearer caller may
+    /// pull only what its token grants: a token scoped to one repository must not reach every
+    /// repository its principal can read. Docker, containerd and containers/image ask for
+    /// `repository:<from>:pull` in the token request of a mount.
     pub async fn may_pull(
         &self,
         access: &Access,
         repository: &RepositoryName,
     ) -> Result<bool, ApiError> {
         if let Some(claims) = &self.claims {
-            if token_allows(claims, repository, Action::Pull) {
-                return Ok(true);
-            }
+            return Ok(token_allows(claims, repository, Action::Pull));
         }
         let principal = self.principal(access).await?;
         Ok(access
@@ -247,12 +252,20 @@ pub async fn authorize(
                 Need::Repository(name, action) => token_allows(&claims, name, *action),
                 Need::UploadSession(name) => token_allows(&claims, name, Action::Push),
             };
-            let caller = Caller {
+            let mut caller = Caller {
                 label: claims.sub.clone(),
                 principal: None,
                 claims: Some(claims),
             };
             if covered {
+                if let (Need::UploadSession(name), Some(claims)) = (&need, &caller.claims) {
+                    if access.expired(claims) {
+                        let principal =
+                            still_pushing(access, headers, &need, name, &claims.sub, client)
+                                .await?;
+                        caller.principal = Some(principal);
+                    }
+                }
                 return Ok(caller);
             }
             // The token lacks the access: say why when the principal may not have it at all,
@@ -291,6 +304,7 @@ pub async fn authorize(
             let principal = access
                 .authenticate(&username, &password, client)
                 .await
+                .map(|authenticated| authenticated.principal)
                 .map_err(|err| match err {
                     AuthError::Throttled { retry_after } => throttled(retry_after),
                     AuthError::BadCredentials | AuthError::BadToken(_) => challenge(
@@ -349,6 +363,53 @@ pub async fn authorize(
             ))
         }
     }
+}
+
+/// The principal of an expired token, loaded as it stands now, if it may still push to the
+/// upload session's repository: a disabled user, a revoked robot or a demoted member stops
+/// there, whatever the token said when it was fresh.
+async fn still_pushing(
+    access: &Access,
+    headers: &HeaderMap,
+    need: &Need<'_>,
+    repository: &RepositoryName,
+    subject: &str,
+    client: Option<IpAddr>,
+) -> Result<Principal, ApiError> {
+    let Some(principal) = access.principal(subject).await.map_err(ApiError::from)? else {
+        return Err(challenge(
+            access,
+            headers,
+            need,
+            Some("invalid_token"),
+            "the token has expired and its principal no longer exists",
+        ));
+    };
+    let decision = access
+        .decide(&principal, repository, Action::Push)
+        .await
+        .map_err(ApiError::from)?;
+    if decision.allowed {
+        return Ok(principal);
+    }
+    if decision.wants_credentials() {
+        return Err(challenge(
+            access,
+            headers,
+            need,
+            Some("invalid_token"),
+            "the token has expired",
+        ));
+    }
+    Err(deny(
+        access,
+        &principal,
+        repository,
+        Action::Push,
+        decision.reason(),
+        client,
+    )
+    .await)
 }
 
 async fn deny(

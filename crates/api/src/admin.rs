@@ -197,7 +197,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             .errors(&[404, 409]),
         endpoint(M::PUT, "/api/v1/users/{user}/password", "changePassword", "Change one's own password", h::change_password)
             .tag("users")
-            .describe("For the user themselves, proven by their current password.")
+            .describe("For the user themselves, proven by their current password, logged in with the password (not with an access token, nor a registry token obtained with one).")
             .body("PasswordChange")
             .no_content()
             .errors(&[404, 422]),
@@ -209,7 +209,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             .errors(&[404]),
         endpoint(M::POST, "/api/v1/users/{user}/tokens", "createAccessToken", "Create a personal access token", h::create_token)
             .tag("access tokens")
-            .describe("For the user themselves. The answer holds the secret, shown this once; use it as the password of Basic credentials.")
+            .describe("For the user themselves, logged in with their password (not with an access token, nor a registry token obtained with one: a leaked token must not make tokens that outlive it). The answer holds the secret, shown this once; use it as the password of Basic credentials.")
             .body("NewAccessToken")
             .returns(201, "IssuedAccessToken")
             .errors(&[404, 422]),

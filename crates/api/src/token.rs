@@ -2,6 +2,10 @@
 //! /auth/token` with the OAuth2 form, and the public keys at `GET /auth/jwks`.
 //!
 //! Errors use OAuth2's JSON shape (`{"error", "error_description"}`), as token clients expect.
+//!
+//! Invariants:
+//! - A token names the kind of credential it stems from (`Claims::cred`), and a refresh token
+//!   is bound to that credential; a token obtained with a refresh token inherits both.
 
 use std::net::IpAddr;
 
@@ -11,7 +15,7 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use registry::access::{Access, AuthError, TokenGrant};
+use registry::access::{Access, AuthError, Authenticated, Credential, TokenGrant};
 use serde_json::json;
 
 use crate::access::{basic_credentials, ClientAddress};
@@ -109,13 +113,18 @@ fn scopes<'a>(params: impl IntoIterator<Item = &'a str>) -> Result<Vec<Scope>, R
         .map_err(|err| oauth_error(StatusCode::BAD_REQUEST, "invalid_scope", &err.to_string()))
 }
 
+/// Issues a token to `who` (`None`: anonymous), carrying the credential it logged in with.
 async fn grant(
     access: &Access,
-    principal: &Principal,
+    who: Option<&Authenticated>,
     scopes: &[Scope],
     offline: bool,
 ) -> Response {
-    match access.issue(principal, scopes, offline).await {
+    let (principal, credential): (&Principal, Option<&Credential>) = match who {
+        Some(who) => (&who.principal, Some(&who.credential)),
+        None => (&Principal::Anonymous, None),
+    };
+    match access.issue(principal, credential, scopes, offline).await {
         Ok(grant) => token_response(&grant),
         Err(err) => crate::error::ApiError::from(err).into_response(),
     }
@@ -152,17 +161,17 @@ pub async fn get_token(State(state): State<AppState>, request: Request) -> Respo
     };
     let offline = values(&pairs, "offline_token").any(|v| v == "true");
     let client = client_of(&request);
-    let principal = match basic_credentials(request.headers()) {
+    let who = match basic_credentials(request.headers()) {
         Err(problem) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", problem),
-        Ok(None) => Principal::Anonymous,
+        Ok(None) => None,
         Ok(Some((username, password))) => {
             match access.authenticate(&username, &password, client).await {
-                Ok(principal) => principal,
+                Ok(authenticated) => Some(authenticated),
                 Err(err) => return auth_failure(err),
             }
         }
     };
-    grant(access, &principal, &scopes, offline).await
+    grant(access, who.as_ref(), &scopes, offline).await
 }
 
 /// `POST /auth/token` with `grant_type=password` or `grant_type=refresh_token`.
@@ -194,7 +203,7 @@ pub async fn post_token(State(state): State<AppState>, request: Request) -> Resp
         Err(response) => return response,
     };
     let offline = values(&form, "access_type").any(|v| v == "offline");
-    let principal = match values(&form, "grant_type").next() {
+    let who = match values(&form, "grant_type").next() {
         Some("password") => {
             let (Some(username), Some(password)) = (
                 values(&form, "username").next(),
@@ -207,7 +216,7 @@ pub async fn post_token(State(state): State<AppState>, request: Request) -> Resp
                 );
             };
             match access.authenticate(username, password, client).await {
-                Ok(principal) => principal,
+                Ok(authenticated) => authenticated,
                 Err(err) => return auth_failure(err),
             }
         }
@@ -219,8 +228,10 @@ pub async fn post_token(State(state): State<AppState>, request: Request) -> Resp
                     "refresh_token is required",
                 );
             };
+            // The new tokens carry the refresh token's credential forward: a refresh token
+            // obtained with an access token still dies when that access token is revoked.
             match access.refresh(token).await {
-                Ok(principal) => principal,
+                Ok(authenticated) => authenticated,
                 Err(err) => return auth_failure(err),
             }
         }
@@ -239,7 +250,7 @@ pub async fn post_token(State(state): State<AppState>, request: Request) -> Resp
             )
         }
     };
-    grant(access, &principal, &scopes, offline).await
+    grant(access, Some(&who), &scopes, offline).await
 }
 
 /// `GET /auth/jwks`: the public keys that verify registry tokens.

@@ -57,13 +57,50 @@ pub struct Claims {
     pub jti: String,
     #[serde(default)]
     pub access: Vec<AccessEntry>,
-    /// On refresh tokens: a fingerprint of the credential they came from (a user's password
-    /// hash), so changing the password ends them.
+    /// On access tokens: the kind of credential they were obtained with, directly or through
+    /// a refresh token that credential gave. Absent on anonymous tokens (and on tokens issued
+    /// before the claim existed), which count as no credential at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cred: Option<CredentialKind>,
+    /// On refresh tokens: the credential they came from, with its kind
+    /// (`password:<fingerprint of the password hash>`, `token:<access token id>`,
+    /// `robot:<fingerprint of the secret hash>`), so changing the password, revoking the
+    /// access token or rotating the robot's secret ends them. Its issuer interprets it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding: Option<String>,
     /// Set on refresh tokens, which grant nothing by themselves.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub refresh: bool,
+}
+
+/// What a caller proved who they are with: the account's password, one of its personal
+/// access tokens, or a robot's secret. A token carries it (`Claims::cred`) so whoever honours
+/// the token knows how much the caller proved: an access token is not the account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialKind {
+    Password,
+    Token,
+    Robot,
+}
+
+impl CredentialKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::Password => "password",
+            CredentialKind::Token => "token",
+            CredentialKind::Robot => "robot",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<CredentialKind> {
+        match text {
+            "password" => Some(CredentialKind::Password),
+            "token" => Some(CredentialKind::Token),
+            "robot" => Some(CredentialKind::Robot),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -279,11 +316,17 @@ impl KeySet {
         serde_json::json!({ "keys": self.keys.iter().map(SigningKey::jwk).collect::<Vec<_>>() })
     }
 
-    /// Signs an access token (or, with `refresh`, a refresh token) for `subject`.
+    /// Signs an access token (or, with `refresh`, a refresh token) for `subject`, who proved
+    /// who they are with `cred` (`None`: anonymous).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "every claim of a token is one argument; a struct would restate Claims"
+    )]
     pub fn issue(
         &self,
         subject: &str,
         access: Vec<AccessEntry>,
+        cred: Option<CredentialKind>,
         refresh: bool,
         lifetime_secs: i64,
         now: i64,
@@ -299,6 +342,7 @@ impl KeySet {
             iat: now,
             jti,
             access,
+            cred,
             binding: None,
             refresh,
         };
@@ -332,6 +376,7 @@ impl KeySet {
             iat: now,
             jti,
             access: Vec::new(),
+            cred: None,
             binding,
             refresh: true,
         };
@@ -475,7 +520,15 @@ mod tests {
         let (key, _) = SigningKey::generate().expect("key");
         let keys = keyset(vec![key]);
         let issued = keys
-            .issue("user:alice", pull("team/app"), false, 300, NOW, "j1".into())
+            .issue(
+                "user:alice",
+                pull("team/app"),
+                None,
+                false,
+                300,
+                NOW,
+                "j1".into(),
+            )
             .expect("issue");
         assert_eq!(issued.expires_in, 300);
         let claims = keys.verify(&issued.token, false, NOW + 10).expect("verify");
@@ -488,11 +541,65 @@ mod tests {
     }
 
     #[test]
+    fn tokens_say_which_credential_they_stem_from() {
+        let (key, _) = SigningKey::generate().expect("key");
+        let keys = keyset(vec![key]);
+        for cred in [
+            Some(CredentialKind::Password),
+            Some(CredentialKind::Token),
+            Some(CredentialKind::Robot),
+            None,
+        ] {
+            let token = keys
+                .issue(
+                    "user:alice",
+                    pull("team/app"),
+                    cred,
+                    false,
+                    300,
+                    NOW,
+                    "j".into(),
+                )
+                .expect("issue")
+                .token;
+            assert_eq!(keys.verify(&token, false, NOW).expect("verify").cred, cred);
+        }
+        let refresh = keys
+            .issue_refresh(
+                "user:alice",
+                Some("token:0123abcd".into()),
+                86_400,
+                NOW,
+                "r".into(),
+            )
+            .expect("issue")
+            .token;
+        let claims = keys.verify(&refresh, true, NOW).expect("verify");
+        assert_eq!(claims.binding.as_deref(), Some("token:0123abcd"));
+        for kind in [
+            CredentialKind::Password,
+            CredentialKind::Token,
+            CredentialKind::Robot,
+        ] {
+            assert_eq!(CredentialKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(CredentialKind::parse("session"), None);
+    }
+
+    #[test]
     fn expired_tampered_foreign_and_misaddressed_tokens_are_refused() {
         let (key, pem) = SigningKey::generate().expect("key");
         let keys = keyset(vec![key]);
         let token = keys
-            .issue("user:alice", pull("team/app"), false, 300, NOW, "j".into())
+            .issue(
+                "user:alice",
+                pull("team/app"),
+                None,
+                false,
+                300,
+                NOW,
+                "j".into(),
+            )
             .expect("issue")
             .token;
 
@@ -529,7 +636,7 @@ mod tests {
 
         let (other, _) = SigningKey::generate().expect("key");
         let foreign = keyset(vec![other])
-            .issue("user:alice", Vec::new(), false, 300, NOW, "j".into())
+            .issue("user:alice", Vec::new(), None, false, 300, NOW, "j".into())
             .expect("issue")
             .token;
         assert_eq!(
@@ -544,7 +651,7 @@ mod tests {
         )
         .expect("keys");
         let misaddressed = elsewhere
-            .issue("user:alice", Vec::new(), false, 300, NOW, "j".into())
+            .issue("user:alice", Vec::new(), None, false, 300, NOW, "j".into())
             .expect("issue")
             .token;
         assert_eq!(
@@ -558,7 +665,15 @@ mod tests {
         let (key, _) = SigningKey::generate().expect("key");
         let keys = keyset(vec![key]);
         let token = keys
-            .issue("user:alice", pull("team/app"), false, 300, NOW, "j".into())
+            .issue(
+                "user:alice",
+                pull("team/app"),
+                None,
+                false,
+                300,
+                NOW,
+                "j".into(),
+            )
             .expect("issue")
             .token;
         let first = keys.verify(&token, false, NOW).expect("verify");
@@ -582,7 +697,15 @@ mod tests {
         let (key, _) = SigningKey::generate().expect("key");
         let keys = keyset(vec![key]);
         let token = keys
-            .issue("user:alice", pull("team/app"), false, 300, NOW, "j".into())
+            .issue(
+                "user:alice",
+                pull("team/app"),
+                None,
+                false,
+                300,
+                NOW,
+                "j".into(),
+            )
             .expect("issue")
             .token;
         keys.verify(&token, false, NOW).expect("verify");
@@ -613,7 +736,15 @@ mod tests {
         let (key, _) = SigningKey::generate().expect("key");
         let keys = keyset(vec![key]);
         let token = keys
-            .issue("user:alice", pull("team/app"), false, 300, NOW, "j".into())
+            .issue(
+                "user:alice",
+                pull("team/app"),
+                None,
+                false,
+                300,
+                NOW,
+                "j".into(),
+            )
             .expect("issue")
             .token;
         keys.verify(&token, false, NOW).expect("verify");
@@ -647,7 +778,7 @@ mod tests {
         let (old, _) = SigningKey::generate().expect("key");
         let before = keyset(vec![old]);
         let token = before
-            .issue("robot:ci", Vec::new(), false, 300, NOW, "j".into())
+            .issue("robot:ci", Vec::new(), None, false, 300, NOW, "j".into())
             .expect("issue")
             .token;
         before.verify(&token, false, NOW).expect("verify");
@@ -680,6 +811,7 @@ mod tests {
                 keys.issue(
                     "user:alice",
                     pull("team/app"),
+                    None,
                     false,
                     300 + i,
                     NOW,
@@ -706,7 +838,15 @@ mod tests {
 
         let later = NOW + 1000;
         let fresh = keys
-            .issue("user:bob", pull("team/app"), false, 300, later, "k".into())
+            .issue(
+                "user:bob",
+                pull("team/app"),
+                None,
+                false,
+                300,
+                later,
+                "k".into(),
+            )
             .expect("issue")
             .token;
         keys.verify(&fresh, false, later).expect("verify");
@@ -718,7 +858,7 @@ mod tests {
 
         let none = keyset(vec![SigningKey::generate().expect("key").0]).with_verified_capacity(0);
         let token = none
-            .issue("user:alice", Vec::new(), false, 300, NOW, "j".into())
+            .issue("user:alice", Vec::new(), None, false, 300, NOW, "j".into())
             .expect("issue")
             .token;
         assert!(none.verify(&token, false, NOW).is_ok());
@@ -733,7 +873,7 @@ mod tests {
             .flat_map(|n| pull(&format!("team/repository-{n:04}")))
             .collect();
         let token = keys
-            .issue("user:alice", scopes, false, 300, NOW, "big".into())
+            .issue("user:alice", scopes, None, false, 300, NOW, "big".into())
             .expect("issue")
             .token;
         assert!(token.len() > VERIFIED_TOKEN_MAX_LEN, "{}", token.len());
@@ -747,7 +887,7 @@ mod tests {
         let (old, old_pem) = SigningKey::generate().expect("key");
         let before = keyset(vec![old]);
         let token = before
-            .issue("robot:ci", Vec::new(), false, 300, NOW, "j".into())
+            .issue("robot:ci", Vec::new(), None, false, 300, NOW, "j".into())
             .expect("issue")
             .token;
         let (new, _) = SigningKey::generate().expect("key");

@@ -337,6 +337,14 @@ impl IdentityStore for PostgresStore {
         Ok(row.as_ref().map(robot))
     }
 
+    async fn robot_secret_hash(&self, name: &str) -> Result<Option<String>, Error> {
+        sqlx::query_scalar("SELECT secret_hash FROM robots WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)
+    }
+
     async fn list_robots(&self, project: Option<&str>) -> Result<Vec<RobotRecord>, Error> {
         let rows = sqlx::query(&format!(
             "SELECT {ROBOT_COLUMNS} FROM robots r LEFT JOIN projects p ON p.id = r.project_id

@@ -617,6 +617,20 @@ async fn secrets_find_their_robot_or_token(store: &dyn crate::IdentityStore) {
         .create_robot(&robot, "robot-hash")
         .await
         .expect("create");
+    assert_eq!(
+        store
+            .robot_secret_hash("robot$ci+builder")
+            .await
+            .expect("hash"),
+        Some("robot-hash".to_owned())
+    );
+    assert_eq!(
+        store
+            .robot_secret_hash("robot$ci+nobody")
+            .await
+            .expect("hash"),
+        None
+    );
     assert!(matches!(
         store.create_robot(&robot, "other-hash").await,
         Err(Error::Conflict(_))
@@ -645,6 +659,14 @@ async fn secrets_find_their_robot_or_token(store: &dyn crate::IdentityStore) {
         store.secret_owner("robot-hash", 60).await.expect("lookup"),
         None,
         "the old secret stops working"
+    );
+    assert_eq!(
+        store
+            .robot_secret_hash("robot$ci+builder")
+            .await
+            .expect("hash"),
+        Some("new-hash".to_owned()),
+        "rotation replaces the hash refresh tokens are bound to"
     );
     assert!(store
         .revoke_robot("robot$ci+builder")

@@ -155,6 +155,9 @@ pub trait IdentityStore: Send + Sync + 'static {
 
     async fn create_robot(&self, robot: &RobotRecord, secret_hash: &str) -> Result<(), Error>;
     async fn robot(&self, name: &str) -> Result<Option<RobotRecord>, Error>;
+    /// The hash of a robot's current secret (`None` when there is no such robot): what a
+    /// refresh token obtained with the secret is bound to, so rotating it ends them.
+    async fn robot_secret_hash(&self, name: &str) -> Result<Option<String>, Error>;
     /// Robots of one project, or system robots (`project = None`), in name order.
     async fn list_robots(&self, project: Option<&str>) -> Result<Vec<RobotRecord>, Error>;
     /// Replaces a robot's secret (and, if given, its expiry); false when there is no such robot.

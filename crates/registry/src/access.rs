@@ -6,8 +6,16 @@
 //! - Passwords are verified on a bounded blocking pool, so a flood of logins cannot starve
 //!   registry traffic; a verified (user, password, stored hash) triple is remembered briefly so
 //!   clients sending Basic credentials on every request pay for argon2 once.
-//! - Failed logins are throttled per account and per client address.
+//! - Failed logins are throttled per client address, and failed passwords also per account.
+//!   An account lock never applies to API secrets (256 random bits: nothing to guess, and
+//!   anyone could otherwise keep a CI robot locked out by sending bad secrets in its name), nor
+//!   to a client address that logged in to the account recently (so a stranger's failures
+//!   cannot lock the owner out where they usually log in).
 //! - A token never grants more than was asked and more than is allowed.
+//! - A refresh token is bound to the credential it was obtained with (`Credential`) and dies
+//!   with it: a changed password, a revoked or expired access token, a rotated or re-created
+//!   robot. Exchanging it for a new one carries the same binding forward, and the access
+//!   tokens it gives say which kind of credential they stem from (`Claims::cred`).
 //! - Credentials are checked only once the first accounts exist: a first start creates the
 //!   admin account while already listening (`hold_logins_until`), and a login that arrives
 //!   meanwhile waits for it rather than failing.
@@ -19,7 +27,9 @@ use std::time::Duration;
 
 use auth::policy::{Action, Decision, Grant, Principal, ProjectPolicy, Role};
 use auth::scope::{Resource, Scope};
-use auth::token::{AccessEntry, Claims, IssuedToken, KeySet, SigningKey, TokenError};
+use auth::token::{
+    AccessEntry, Claims, CredentialKind, IssuedToken, KeySet, SigningKey, TokenError,
+};
 use metadata::identity::{AuditEvent, IdentityStore, SecretOwner, SigningKeyRecord, UserRecord};
 use oci::RepositoryName;
 use sha2::{Digest as _, Sha256};
@@ -134,10 +144,88 @@ pub fn robot_principal(robot: &metadata::identity::RobotRecord) -> Principal {
     }
 }
 
+/// The credential a caller proved who they are with: what a refresh token obtained with it
+/// is bound to, and re-checked against whenever it is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// The account's password; a fingerprint of the stored hash it was checked against.
+    Password { fingerprint: String },
+    /// A personal access token, by id.
+    AccessToken { id: String },
+    /// A robot's secret; a fingerprint of its stored hash, so a rotated secret or a robot
+    /// re-created under the same name is another credential.
+    RobotSecret { fingerprint: String },
+}
+
+impl Credential {
+    pub fn kind(&self) -> CredentialKind {
+        match self {
+            Credential::Password { .. } => CredentialKind::Password,
+            Credential::AccessToken { .. } => CredentialKind::Token,
+            Credential::RobotSecret { .. } => CredentialKind::Robot,
+        }
+    }
+
+    /// The refresh-token binding: `password:<fingerprint>`, `token:<id>`, `robot:<fingerprint>`.
+    pub fn binding(&self) -> String {
+        let (kind, value) = match self {
+            Credential::Password { fingerprint } | Credential::RobotSecret { fingerprint } => {
+                (self.kind(), fingerprint)
+            }
+            Credential::AccessToken { id } => (self.kind(), id),
+        };
+        format!("{}:{value}", kind.as_str())
+    }
+
+    /// A binding read back from a refresh token; `None` for any other shape (including the
+    /// bare fingerprints of refresh tokens issued before bindings named their kind).
+    pub fn from_binding(binding: &str) -> Option<Credential> {
+        let (kind, value) = binding.split_once(':')?;
+        let hex = value.len() == FINGERPRINT_HEX_LEN
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let id = !value.is_empty()
+            && value.len() <= 64
+            && value.bytes().all(|b| b.is_ascii_alphanumeric());
+        match CredentialKind::parse(kind)? {
+            CredentialKind::Password if hex => Some(Credential::Password {
+                fingerprint: value.to_owned(),
+            }),
+            CredentialKind::Token if id => Some(Credential::AccessToken {
+                id: value.to_owned(),
+            }),
+            CredentialKind::Robot if hex => Some(Credential::RobotSecret {
+                fingerprint: value.to_owned(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A principal, and the credential it proved itself with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    pub principal: Principal,
+    pub credential: Credential,
+}
+
+/// Hex digits of a stored hash's fingerprint (96 bits): enough to tell a changed hash, while a
+/// refresh token, which anyone holding it can read, shows nothing usable of the hash.
+const FINGERPRINT_HEX_LEN: usize = 24;
+
+fn fingerprint(stored_hash: &str) -> String {
+    let digest = Sha256::digest(stored_hash.as_bytes());
+    oci::digest::to_hex(&digest[..FINGERPRINT_HEX_LEN / 2])
+}
+
 const THROTTLE_FREE_FAILURES: u32 = 5;
 const THROTTLE_MAX_LOCK_SECS: i64 = 300;
 const VERIFIED_CACHE_SECS: i64 = 60;
 const VERIFIED_CACHE_MAX: usize = 10_000;
+/// How long a client address that logged in to an account stays exempt from its lock.
+const KNOWN_CLIENT_SECS: i64 = 30 * 86_400;
+const KNOWN_CLIENTS_MAX: usize = 100_000;
 
 #[derive(Debug, Default)]
 struct Failures {
@@ -148,9 +236,34 @@ struct Failures {
 #[derive(Debug, Default)]
 struct Throttle {
     by_key: HashMap<String, Failures>,
+    /// Client addresses that logged in to an account with its password, by
+    /// `account\0client`, until when they count as known.
+    known: HashMap<String, i64>,
 }
 
 impl Throttle {
+    /// The keys a login counts against and may be locked by: always the client address; the
+    /// account only for a password, and only from a client not known to the account.
+    fn keys(
+        &self,
+        username: &str,
+        password: bool,
+        client: Option<IpAddr>,
+        now: i64,
+    ) -> Vec<String> {
+        let known = client.is_some_and(|ip| {
+            self.known
+                .get(&known_key(username, ip))
+                .is_some_and(|until| *until > now)
+        });
+        let mut keys = Vec::with_capacity(2);
+        if password && !known {
+            keys.push(account_key(username));
+        }
+        keys.extend(client.map(|ip| format!("client:{ip}")));
+        keys
+    }
+
     fn retry_after(&self, keys: &[String], now: i64) -> Option<u64> {
         keys.iter()
             .filter_map(|key| self.by_key.get(key))
@@ -174,8 +287,20 @@ impl Throttle {
         }
     }
 
-    fn succeed(&mut self, account_key: &str) {
-        self.by_key.remove(account_key);
+    /// A password login succeeded: the account's failures are forgotten and the client is
+    /// known to it from now on.
+    fn succeed(&mut self, username: &str, client: Option<IpAddr>, now: i64) {
+        self.by_key.remove(&account_key(username));
+        if let Some(ip) = client {
+            if self.known.len() >= KNOWN_CLIENTS_MAX {
+                self.known.retain(|_, until| *until > now);
+                if self.known.len() >= KNOWN_CLIENTS_MAX {
+                    self.known.clear();
+                }
+            }
+            self.known
+                .insert(known_key(username, ip), now + KNOWN_CLIENT_SECS);
+        }
     }
 }
 
@@ -322,35 +447,41 @@ impl Access {
         }
     }
 
-    /// Checks a username with a password, personal access token or robot secret.
+    /// Checks a username with a password, personal access token or robot secret; the
+    /// principal, with the credential that proved it.
     pub async fn authenticate(
         &self,
         username: &str,
         secret: &str,
         client: Option<IpAddr>,
-    ) -> Result<Principal, AuthError> {
+    ) -> Result<Authenticated, AuthError> {
         if !self.accounts_exist().await {
             return Err(AuthError::Unavailable(
                 "the admin account could not be created".into(),
             ));
         }
         let time = now();
-        let keys = throttle_keys(username, client);
-        let wait = self
-            .throttle
-            .lock()
-            .ok()
-            .and_then(|t| t.retry_after(&keys, time));
+        let password = !auth::secret::looks_like_secret(secret);
+        let (keys, wait) = match self.throttle.lock() {
+            Ok(throttle) => {
+                let keys = throttle.keys(username, password, client, time);
+                let wait = throttle.retry_after(&keys, time);
+                (keys, wait)
+            }
+            Err(_) => (Vec::new(), None),
+        };
         if let Some(retry_after) = wait {
             return Err(AuthError::Throttled { retry_after });
         }
         let outcome = self.check_credentials(username, secret, time).await;
         match outcome {
-            Ok(Some(principal)) => {
-                if let Ok(mut throttle) = self.throttle.lock() {
-                    throttle.succeed(&keys[0]);
+            Ok(Some(authenticated)) => {
+                if password {
+                    if let Ok(mut throttle) = self.throttle.lock() {
+                        throttle.succeed(username, client, time);
+                    }
                 }
-                Ok(principal)
+                Ok(authenticated)
             }
             Ok(None) => {
                 if let Ok(mut throttle) = self.throttle.lock() {
@@ -382,14 +513,19 @@ impl Access {
         username: &str,
         secret: &str,
         time: i64,
-    ) -> Result<Option<Principal>, Error> {
+    ) -> Result<Option<Authenticated>, Error> {
         if auth::secret::looks_like_secret(secret) {
             let hash = auth::secret::hash(secret);
             return Ok(match self.store.secret_owner(&hash, time).await? {
                 Some(SecretOwner::Robot(robot))
                     if robot.name == username && !robot.revoked && robot.expires_at > time =>
                 {
-                    Some(robot_principal(&robot))
+                    Some(Authenticated {
+                        principal: robot_principal(&robot),
+                        credential: Credential::RobotSecret {
+                            fingerprint: fingerprint(&hash),
+                        },
+                    })
                 }
                 Some(SecretOwner::AccessToken { token, user })
                     if user.name == username
@@ -397,7 +533,10 @@ impl Access {
                         && !token.revoked
                         && token.expires_at.is_none_or(|expiry| expiry > time) =>
                 {
-                    Some(user_principal(&user))
+                    Some(Authenticated {
+                        principal: user_principal(&user),
+                        credential: Credential::AccessToken { id: token.id },
+                    })
                 }
                 _ => None,
             });
@@ -451,7 +590,12 @@ impl Access {
         };
         // A disabled account fails like a wrong password, so logins do not reveal it.
         Ok(match user {
-            Some(user) if valid && !user.disabled => Some(user_principal(&user)),
+            Some(user) if valid && !user.disabled => Some(Authenticated {
+                principal: user_principal(&user),
+                credential: Credential::Password {
+                    fingerprint: fingerprint(&user.password_hash),
+                },
+            }),
             _ => None,
         })
     }
@@ -535,10 +679,19 @@ impl Access {
         }
     }
 
+    /// Whether a verified token's lifetime is over (only upload sessions accept such a token,
+    /// and only once its principal is re-checked).
+    pub fn expired(&self, claims: &Claims) -> bool {
+        claims.exp <= now()
+    }
+
     /// Issues a token with the intersection of what `scopes` ask and what `principal` may do.
+    /// `credential` is how the principal proved itself (`None` for anonymous): the access
+    /// token names its kind, and a refresh token (with `offline`) is bound to it.
     pub async fn issue(
         &self,
         principal: &Principal,
+        credential: Option<&Credential>,
         scopes: &[Scope],
         offline: bool,
     ) -> Result<TokenGrant, Error> {
@@ -595,21 +748,22 @@ impl Access {
             .issue(
                 &subject,
                 granted.clone(),
+                credential.map(Credential::kind),
                 false,
                 lifetime,
                 time,
                 uuid::Uuid::new_v4().simple().to_string(),
             )
             .map_err(|err| Error::Internal(err.to_string()))?;
-        let refresh = if offline && !matches!(principal, Principal::Anonymous) {
+        let bound = credential.filter(|_| offline && !matches!(principal, Principal::Anonymous));
+        let refresh = if let Some(credential) = bound {
             let lifetime =
                 i64::try_from(self.settings.refresh_lifetime.as_secs()).unwrap_or(86_400);
-            let binding = self.credential_binding(&subject).await?;
             Some(
                 self.keys
                     .issue_refresh(
                         &subject,
-                        binding,
+                        Some(credential.binding()),
                         lifetime,
                         time,
                         uuid::Uuid::new_v4().simple().to_string(),
@@ -626,49 +780,87 @@ impl Access {
         })
     }
 
-    /// A fingerprint of a user's current password hash (`None` for other principals).
-    async fn credential_binding(&self, subject: &str) -> Result<Option<String>, Error> {
-        let Some(name) = subject.strip_prefix("user:") else {
-            return Ok(None);
-        };
-        let Some(user) = self.store.user(name).await? else {
-            return Ok(None);
-        };
-        let digest = Sha256::digest(user.password_hash.as_bytes());
-        Ok(Some(oci::digest::to_hex(&digest[..12])))
-    }
-
-    /// The principal a refresh token was issued to, re-checked as it stands now.
-    pub async fn refresh(&self, token: &str) -> Result<Principal, AuthError> {
+    /// The principal a refresh token was issued to, re-checked as it stands now, with the
+    /// credential the token is bound to (which a new refresh token carries forward).
+    pub async fn refresh(&self, token: &str) -> Result<Authenticated, AuthError> {
         let claims = self
             .keys
             .verify(token, true, now())
             .map_err(AuthError::BadToken)?;
-        // A refresh token dies with the password it was obtained with.
-        match self.credential_binding(&claims.sub).await {
-            Ok(binding) if binding == claims.binding => {}
-            Ok(_) => return Err(AuthError::BadCredentials),
+        // A binding of another shape (or none) is refused: such tokens predate bindings that
+        // name their credential, and nothing could be re-checked for them.
+        let credential = claims
+            .binding
+            .as_deref()
+            .and_then(Credential::from_binding)
+            .ok_or(AuthError::BadCredentials)?;
+        match self.credential_holds(&claims.sub, &credential, now()).await {
+            Ok(true) => {}
+            Ok(false) => return Err(AuthError::BadCredentials),
             Err(err) => return Err(AuthError::from_backend(err)),
         }
-        match self.principal(&claims.sub).await {
+        let principal = match self.principal(&claims.sub).await {
             // A refresh token dies with its account: disabled users, revoked or expired robots.
-            Ok(Some(Principal::User { disabled: true, .. })) => Err(AuthError::BadCredentials),
+            Ok(Some(Principal::User { disabled: true, .. })) => {
+                return Err(AuthError::BadCredentials)
+            }
             Ok(Some(Principal::Robot {
                 revoked,
                 expires_at,
                 ..
-            })) if revoked || expires_at <= now() => Err(AuthError::BadCredentials),
-            Ok(Some(principal)) => Ok(principal),
-            Ok(None) => Err(AuthError::BadCredentials),
-            Err(err) => Err(AuthError::from_backend(err)),
-        }
+            })) if revoked || expires_at <= now() => return Err(AuthError::BadCredentials),
+            Ok(Some(principal)) => principal,
+            Ok(None) => return Err(AuthError::BadCredentials),
+            Err(err) => return Err(AuthError::from_backend(err)),
+        };
+        Ok(Authenticated {
+            principal,
+            credential,
+        })
+    }
+
+    /// Whether `credential` still proves `subject`: the same password, an access token of
+    /// this user that is neither revoked nor expired, the robot's current secret.
+    async fn credential_holds(
+        &self,
+        subject: &str,
+        credential: &Credential,
+        time: i64,
+    ) -> Result<bool, Error> {
+        let user = subject.strip_prefix("user:");
+        let robot = subject.strip_prefix("robot:");
+        Ok(match (credential, user, robot) {
+            (Credential::Password { fingerprint: bound }, Some(name), _) => self
+                .store
+                .user(name)
+                .await?
+                .is_some_and(|user| fingerprint(&user.password_hash) == *bound),
+            (Credential::AccessToken { id }, Some(name), _) => self
+                .store
+                .list_access_tokens(name)
+                .await?
+                .iter()
+                .any(|token| {
+                    token.id == *id
+                        && !token.revoked
+                        && token.expires_at.is_none_or(|expiry| expiry > time)
+                }),
+            (Credential::RobotSecret { fingerprint: bound }, _, Some(name)) => self
+                .store
+                .robot_secret_hash(name)
+                .await?
+                .is_some_and(|hash| fingerprint(&hash) == *bound),
+            _ => false,
+        })
     }
 }
 
-fn throttle_keys(username: &str, client: Option<IpAddr>) -> Vec<String> {
-    let mut keys = vec![format!("account:{username}")];
-    keys.extend(client.map(|ip| format!("client:{ip}")));
-    keys
+fn account_key(username: &str) -> String {
+    format!("account:{username}")
+}
+
+fn known_key(username: &str, client: IpAddr) -> String {
+    format!("{username}\0{client}")
 }
 
 /// Whether a token's access list covers `action` on `repository`.
@@ -692,10 +884,15 @@ pub fn token_allows_catalog(claims: &Claims) -> bool {
 mod tests {
     use super::*;
 
+    const CLIENT: [u8; 4] = [10, 0, 0, 1];
+    const STRANGER: [u8; 4] = [192, 0, 2, 7];
+
     #[test]
     fn throttling_starts_after_free_failures_and_grows() {
         let mut throttle = Throttle::default();
-        let keys = throttle_keys("alice", Some(IpAddr::from([10, 0, 0, 1])));
+        let client = Some(IpAddr::from(CLIENT));
+        let keys = throttle.keys("alice", true, client, 100);
+        assert_eq!(keys, vec!["account:alice", "client:10.0.0.1"]);
         for _ in 0..THROTTLE_FREE_FAILURES {
             throttle.fail(&keys, 100);
         }
@@ -708,18 +905,113 @@ mod tests {
         assert_eq!(throttle.retry_after(&keys, 100), Some(2));
         throttle.fail(&keys, 100);
         assert_eq!(throttle.retry_after(&keys, 100), Some(4));
-        let other_account_same_client = throttle_keys("bob", Some(IpAddr::from([10, 0, 0, 1])));
+        let other_account_same_client = throttle.keys("bob", true, client, 100);
         assert_eq!(
             throttle.retry_after(&other_account_same_client, 100),
             Some(4),
             "the client address is throttled too"
         );
-        throttle.succeed(&keys[0]);
+        let same_account_elsewhere =
+            throttle.keys("alice", true, Some(IpAddr::from(STRANGER)), 100);
         assert_eq!(
-            throttle.retry_after(&keys[..1], 100),
+            throttle.retry_after(&same_account_elsewhere, 100),
+            Some(4),
+            "the account is locked for a client it does not know"
+        );
+        throttle.succeed("alice", client, 100);
+        assert_eq!(
+            throttle.retry_after(&[account_key("alice")], 100),
             None,
             "a success clears the account"
         );
+    }
+
+    #[test]
+    fn secrets_are_throttled_per_client_only() {
+        let mut throttle = Throttle::default();
+        // Anyone can send bad secrets in a robot's name from their own address...
+        let attacker = throttle.keys("robot$team+ci", false, Some(IpAddr::from(STRANGER)), 100);
+        assert_eq!(attacker, vec!["client:192.0.2.7"]);
+        for _ in 0..20 {
+            throttle.fail(&attacker, 100);
+        }
+        assert!(throttle.retry_after(&attacker, 100).is_some());
+        // ...without locking the robot out anywhere else.
+        let ci = throttle.keys("robot$team+ci", false, Some(IpAddr::from(CLIENT)), 100);
+        assert_eq!(throttle.retry_after(&ci, 100), None);
+        let without_address = throttle.keys("robot$team+ci", false, None, 100);
+        assert!(without_address.is_empty(), "{without_address:?}");
+    }
+
+    #[test]
+    fn a_known_client_is_not_locked_out_by_a_strangers_failures() {
+        let mut throttle = Throttle::default();
+        let owner = Some(IpAddr::from(CLIENT));
+        throttle.succeed("admin", owner, 100);
+        let stranger = throttle.keys("admin", true, Some(IpAddr::from(STRANGER)), 200);
+        for _ in 0..20 {
+            throttle.fail(&stranger, 200);
+        }
+        assert!(
+            throttle.retry_after(&stranger, 200).is_some(),
+            "the stranger is locked"
+        );
+        assert!(
+            throttle
+                .retry_after(
+                    &throttle.keys("admin", true, Some(IpAddr::from([10, 0, 0, 2])), 200),
+                    200
+                )
+                .is_some(),
+            "so is any client the account does not know"
+        );
+        let keys = throttle.keys("admin", true, owner, 200);
+        assert_eq!(
+            keys,
+            vec!["client:10.0.0.1"],
+            "the owner's address is known"
+        );
+        assert_eq!(throttle.retry_after(&keys, 200), None);
+        let later = 100 + KNOWN_CLIENT_SECS;
+        assert_eq!(
+            throttle.keys("admin", true, owner, later),
+            vec!["account:admin", "client:10.0.0.1"],
+            "a client is known for a while, not forever"
+        );
+    }
+
+    #[test]
+    fn bindings_name_their_credential_and_unknown_shapes_are_refused() {
+        let credentials = [
+            Credential::Password {
+                fingerprint: fingerprint("$argon2id$v=19$..."),
+            },
+            Credential::AccessToken {
+                id: "0123456789abcdef0123456789abcdef".into(),
+            },
+            Credential::RobotSecret {
+                fingerprint: fingerprint("a-secret-hash"),
+            },
+        ];
+        for credential in credentials {
+            let binding = credential.binding();
+            assert!(binding.starts_with(&format!("{}:", credential.kind().as_str())));
+            assert_eq!(Credential::from_binding(&binding), Some(credential));
+        }
+        for unknown in [
+            "",
+            // A refresh token of the previous release: a bare password fingerprint.
+            "0123456789abcdef01234567",
+            "password:",
+            "password:0123456789ABCDEF01234567",
+            "password:0123456789abcdef",
+            "robot:xyz",
+            "token:",
+            "token:not/an-id",
+            "session:0123456789abcdef01234567",
+        ] {
+            assert_eq!(Credential::from_binding(unknown), None, "{unknown:?}");
+        }
     }
 
     #[test]

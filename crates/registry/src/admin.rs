@@ -14,12 +14,16 @@
 //!   exactly as for a project that does not exist (the denial is still audited).
 //! - A new secret (robot secret, personal access token) leaves this module once, in the
 //!   answer to the call that made it; the store keeps only its hash.
+//! - What would make a credential the account (creating a personal access token, changing the
+//!   password) needs a caller who proved itself with the account's password: a leaked access
+//!   token, or a registry token obtained with one, must not outlive its own revocation.
 //! - Passwords are hashed and verified on the blocking pool, never on the executor.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use auth::policy::{Action, Decision, Grant, Principal, ProjectPolicy, Role, Rule};
+use auth::token::CredentialKind;
 use metadata::identity::{
     AccessTokenRecord, AuditFilter, ProjectRecord, RobotRecord, UserRecord, UserUpdate,
 };
@@ -625,8 +629,12 @@ fn principal_kind(principal: &Principal) -> PrincipalKind {
 
 impl Access {
     /// The principal of a registry (access) token presented to the admin API, as it stands
-    /// now: a deleted or disabled user, or a revoked or expired robot, no longer counts.
-    pub async fn bearer_principal(&self, token: &str) -> Result<Principal, AuthError> {
+    /// now (a deleted or disabled user, or a revoked or expired robot, no longer counts), and
+    /// the kind of credential the token was obtained with.
+    pub async fn bearer_principal(
+        &self,
+        token: &str,
+    ) -> Result<(Principal, Option<CredentialKind>), AuthError> {
         let claims = self.verify(token, false).map_err(AuthError::BadToken)?;
         let principal = match self.principal(&claims.sub).await {
             Ok(Some(principal)) => principal,
@@ -643,7 +651,7 @@ impl Access {
             Principal::Anonymous => false,
         };
         if active {
-            Ok(principal)
+            Ok((principal, claims.cred))
         } else {
             Err(AuthError::BadCredentials)
         }
@@ -785,10 +793,13 @@ impl Access {
         Ok(record.into())
     }
 
-    /// Changes the caller's own password, proven by the current one.
+    /// Changes the caller's own password, proven by the current one, for a caller logged in
+    /// with the password (`credential`): not with an access token, which must not become the
+    /// account.
     pub async fn change_password(
         &self,
         actor: &Principal,
+        credential: Option<CredentialKind>,
         name: &str,
         current: &Secret,
         new: &Secret,
@@ -800,10 +811,19 @@ impl Access {
                 "users change only their own password; admins reset others' through a user update";
             return Err(acting.deny(self, "user.password", name, reason).await);
         }
+        acting
+            .require_password(
+                self,
+                credential,
+                "changing the password",
+                "user.password",
+                name,
+            )
+            .await?;
         // An API secret is never a password: a leaked token must not become the account.
         let proven = !auth::secret::looks_like_secret(current.expose())
             && match self.authenticate(name, current.expose(), client).await {
-                Ok(principal) => principal.label() == actor.label(),
+                Ok(proven) => proven.principal.label() == actor.label(),
                 Err(AuthError::Throttled { retry_after }) => {
                     let reason =
                         format!("too many failed attempts; retry in {retry_after} seconds");
@@ -856,10 +876,12 @@ impl Access {
     // ---- personal access tokens ----
 
     /// A new token for the caller's own account. Not even an admin makes tokens for someone
-    /// else: that would be acting as them.
+    /// else: that would be acting as them. The caller must have logged in with the password
+    /// (`credential`): a token that could make tokens would survive its own revocation.
     pub async fn create_access_token(
         &self,
         actor: &Principal,
+        credential: Option<CredentialKind>,
         user: &str,
         new: NewToken,
         client: Option<IpAddr>,
@@ -875,6 +897,15 @@ impl Access {
                 )
                 .await);
         }
+        acting
+            .require_password(
+                self,
+                credential,
+                "creating an access token",
+                "token.create",
+                user,
+            )
+            .await?;
         if new.description.trim().is_empty() {
             return Err(invalid("describe what the token is for"));
         }
@@ -1630,6 +1661,25 @@ impl<'a> Acting<'a> {
             action,
             target: target.to_owned(),
         }
+    }
+
+    /// Refuses `action` (audited) unless the caller logged in with the account's password,
+    /// directly or through a registry token the password gave; `what` names the deed.
+    async fn require_password(
+        &self,
+        access: &Access,
+        credential: Option<CredentialKind>,
+        what: &str,
+        action: &str,
+        target: &str,
+    ) -> Result<(), Error> {
+        if credential == Some(CredentialKind::Password) {
+            return Ok(());
+        }
+        let reason = format!(
+            "{what} needs a login with the account's password: an access token, or a registry token obtained with one, cannot do it"
+        );
+        Err(self.deny(access, action, target, &reason).await)
     }
 
     /// Audits a denial and returns the error that answers it.

@@ -12,6 +12,7 @@
 use std::net::IpAddr;
 
 use auth::policy::Principal;
+use auth::token::CredentialKind;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
@@ -27,9 +28,13 @@ use crate::AppState;
 /// Admin requests are small documents; anything larger is refused before parsing.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// The authenticated caller of an admin request, and where they call from.
+/// The authenticated caller of an admin request, how they proved who they are, and where
+/// they call from.
 pub struct Caller {
     pub principal: Principal,
+    /// The credential the caller logged in with (Basic), or the one its registry token was
+    /// obtained with (Bearer; `None` for a token that does not say).
+    pub credential: Option<CredentialKind>,
     pub client: Option<IpAddr>,
 }
 
@@ -54,7 +59,7 @@ impl FromRequestParts<AppState> for Caller {
             .extensions
             .get::<ClientAddress>()
             .map(|address| address.0);
-        let principal = if let Some(token) = bearer_token(&parts.headers) {
+        let (principal, credential) = if let Some(token) = bearer_token(&parts.headers) {
             state
                 .access
                 .bearer_principal(&token)
@@ -68,14 +73,24 @@ impl FromRequestParts<AppState> for Caller {
                         "authentication required: use Basic credentials or a registry token",
                     ))
                 }
-                Ok(Some((username, secret))) => state
-                    .access
-                    .authenticate(&username, &secret, client)
-                    .await
-                    .map_err(refused)?,
+                Ok(Some((username, secret))) => {
+                    let authenticated = state
+                        .access
+                        .authenticate(&username, &secret, client)
+                        .await
+                        .map_err(refused)?;
+                    (
+                        authenticated.principal,
+                        Some(authenticated.credential.kind()),
+                    )
+                }
             }
         };
-        Ok(Caller { principal, client })
+        Ok(Caller {
+            principal,
+            credential,
+            client,
+        })
     }
 }
 

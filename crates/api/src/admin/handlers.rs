@@ -150,7 +150,14 @@ pub async fn change_password(
     );
     state
         .access
-        .change_password(&caller.principal, &user, &current, &new, caller.client)
+        .change_password(
+            &caller.principal,
+            caller.credential,
+            &user,
+            &current,
+            &new,
+            caller.client,
+        )
         .await?;
     no_content()
 }
@@ -181,7 +188,13 @@ pub async fn create_token(
     created(&wire::issued_token(
         &state
             .access
-            .create_access_token(&caller.principal, &user, body.into(), caller.client)
+            .create_access_token(
+                &caller.principal,
+                caller.credential,
+                &user,
+                body.into(),
+                caller.client,
+            )
             .await?,
     ))
 }

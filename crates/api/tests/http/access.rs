@@ -8,7 +8,8 @@ use crate::support::{call, digest, TestRegistry, ADMIN, ADMIN_PASSWORD};
 use auth::secret;
 use base64::Engine as _;
 use metadata::identity::{
-    AuditFilter, IdentityStore as _, ProjectRecord, RobotRecord, UserRecord, UserUpdate,
+    AccessTokenRecord, AuditFilter, IdentityStore as _, ProjectRecord, RobotRecord, UserRecord,
+    UserUpdate,
 };
 use serde_json::Value;
 
@@ -82,6 +83,79 @@ async fn token(registry: &TestRegistry, credentials: Option<(&str, &str)>, query
 
 fn bearer(token: &Value) -> String {
     format!("Bearer {}", token["token"].as_str().expect("a token"))
+}
+
+/// The claims of a token answer's access token, read without verifying it.
+fn claims(token: &Value) -> Value {
+    let jwt = token["token"].as_str().expect("a token");
+    let payload = jwt.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64");
+    serde_json::from_slice(&bytes).expect("json")
+}
+
+/// Exchanges a refresh token at the token service (asking for a new refresh token with
+/// `offline`); the reply as it comes.
+async fn refresh(
+    registry: &TestRegistry,
+    refresh_token: &str,
+    offline: bool,
+) -> crate::support::Reply {
+    let offline = if offline { "&access_type=offline" } else { "" };
+    registry
+        .send(
+            call("POST", "/auth/token")
+                .anonymous()
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("grant_type=refresh_token&refresh_token={refresh_token}&service=bulwark&scope=repository%3Ateam%2Fapp%3Apull{offline}").into_bytes()),
+        )
+        .await
+}
+
+/// A personal access token of `user`, stored directly; its secret.
+async fn access_token(registry: &TestRegistry, user: &str, id: &str) -> String {
+    let secret = secret::random();
+    registry
+        .store
+        .create_access_token(
+            &AccessTokenRecord {
+                id: id.into(),
+                user: user.into(),
+                description: "test".into(),
+                expires_at: None,
+                revoked: false,
+                created_at: 0,
+                last_used_at: None,
+            },
+            &secret.hash,
+        )
+        .await
+        .expect("create the access token");
+    secret.plaintext
+}
+
+/// Robot `robot$team+ci` with push and pull on `team/*`, stored directly; its secret.
+async fn team_robot(registry: &TestRegistry) -> String {
+    let secret = secret::random();
+    registry
+        .store
+        .create_robot(
+            &RobotRecord {
+                name: "robot$team+ci".into(),
+                project: Some("team".into()),
+                description: None,
+                grants: r#"[{"pattern":"team/*","actions":["pull","push"]}]"#.into(),
+                expires_at: i64::MAX,
+                revoked: false,
+                created_at: 0,
+                last_used_at: None,
+            },
+            &secret.hash,
+        )
+        .await
+        .expect("create the robot");
+    secret.plaintext
 }
 
 #[tokio::test]
@@ -819,7 +893,10 @@ async fn a_configured_signing_key_rotates_without_invalidating_issued_tokens() {
         admin: true,
         disabled: false,
     };
-    let issued = rotated.issue(&admin, &[], false).await.expect("issue");
+    let issued = rotated
+        .issue(&admin, None, &[], false)
+        .await
+        .expect("issue");
     let header = issued
         .access
         .token
@@ -1025,4 +1102,300 @@ async fn logins_answer_503_when_the_admin_account_cannot_be_created() {
         .send(call("GET", "/v2/").header("authorization", basic(ADMIN, ADMIN_PASSWORD)))
         .await;
     reply.expect(503);
+}
+
+#[tokio::test]
+async fn a_refresh_token_dies_with_the_access_token_it_came_from() {
+    let registry = team_registry().await;
+    let pat = access_token(&registry, "dev", "0123456789abcdef0123456789abcdef").await;
+    let first = token(
+        &registry,
+        Some(("dev", &pat)),
+        "offline_token=true&scope=repository:team/app:pull",
+    )
+    .await;
+    assert_eq!(claims(&first)["cred"], "token", "{first}");
+    let refresh_token = first["refresh_token"]
+        .as_str()
+        .expect("a refresh token")
+        .to_owned();
+    let reply = refresh(&registry, &refresh_token, true).await;
+    reply.expect(200);
+    let second = reply.json();
+    assert_eq!(
+        claims(&second)["cred"],
+        "token",
+        "a refreshed token still says it stems from an access token"
+    );
+    let renewed = second["refresh_token"]
+        .as_str()
+        .expect("a new refresh token")
+        .to_owned();
+    refresh(&registry, &renewed, false).await.expect(200);
+
+    assert!(registry
+        .store
+        .revoke_access_token("dev", "0123456789abcdef0123456789abcdef")
+        .await
+        .expect("revoke"));
+    for (which, refresh_token) in [("first", &refresh_token), ("renewed", &renewed)] {
+        let reply = refresh(&registry, refresh_token, false).await;
+        reply.expect(401);
+        assert_eq!(reply.json()["error"], "invalid_grant", "{which}");
+    }
+    // The password's refresh tokens are another credential's, and live on.
+    let by_password = token(
+        &registry,
+        Some(("dev", PASSWORD)),
+        "offline_token=true&scope=repository:team/app:pull",
+    )
+    .await;
+    assert_eq!(claims(&by_password)["cred"], "password");
+    let refresh_token = by_password["refresh_token"]
+        .as_str()
+        .expect("a refresh token");
+    refresh(&registry, refresh_token, false).await.expect(200);
+}
+
+#[tokio::test]
+async fn a_robot_refresh_token_dies_when_its_secret_is_rotated() {
+    let registry = team_registry().await;
+    let secret = team_robot(&registry).await;
+    let granted = token(
+        &registry,
+        Some(("robot$team+ci", &secret)),
+        "offline_token=true&scope=repository:team/app:pull",
+    )
+    .await;
+    assert_eq!(claims(&granted)["cred"], "robot");
+    let refresh_token = granted["refresh_token"]
+        .as_str()
+        .expect("a refresh token")
+        .to_owned();
+    let reply = refresh(&registry, &refresh_token, true).await;
+    reply.expect(200);
+    let renewed = reply.json()["refresh_token"]
+        .as_str()
+        .expect("a new refresh token")
+        .to_owned();
+
+    let rotated = secret::random();
+    assert!(registry
+        .store
+        .rotate_robot("robot$team+ci", &rotated.hash, None)
+        .await
+        .expect("rotate"));
+    for refresh_token in [&refresh_token, &renewed] {
+        let reply = refresh(&registry, refresh_token, false).await;
+        reply.expect(401);
+        assert_eq!(reply.json()["error"], "invalid_grant");
+    }
+    let fresh = token(
+        &registry,
+        Some(("robot$team+ci", &rotated.plaintext)),
+        "offline_token=true&scope=repository:team/app:pull",
+    )
+    .await;
+    let refresh_token = fresh["refresh_token"].as_str().expect("a refresh token");
+    refresh(&registry, refresh_token, false).await.expect(200);
+}
+
+#[tokio::test]
+async fn bad_secrets_in_an_accounts_name_do_not_lock_it_out() {
+    let registry = team_registry().await;
+    let secret = team_robot(&registry).await;
+    let pat = access_token(&registry, "dev", "0123456789abcdef0123456789abcdef").await;
+    let attacker = [192, 0, 2, 7];
+    for name in ["robot$team+ci", "dev"] {
+        let mut statuses = Vec::new();
+        for _ in 0..8 {
+            let wrong = secret::random().plaintext;
+            let reply = registry
+                .send(
+                    call("GET", "/v2/")
+                        .header("authorization", basic(name, &wrong))
+                        .client_address(attacker),
+                )
+                .await;
+            statuses.push(reply.status.as_u16());
+        }
+        assert_eq!(
+            statuses.last(),
+            Some(&429),
+            "the attacker's own address is throttled: {statuses:?}"
+        );
+    }
+    // Neither the robot nor the user is locked out from anywhere else.
+    for (name, credential) in [
+        ("robot$team+ci", secret.as_str()),
+        ("dev", pat.as_str()),
+        ("dev", PASSWORD),
+    ] {
+        registry
+            .send(
+                call("GET", "/v2/")
+                    .header("authorization", basic(name, credential))
+                    .client_address([10, 0, 0, 1]),
+            )
+            .await
+            .expect(200);
+    }
+}
+
+#[tokio::test]
+async fn password_failures_from_strangers_do_not_lock_out_a_known_client() {
+    let registry = team_registry().await;
+    let home = [10, 0, 0, 1];
+    registry
+        .send(
+            call("GET", "/v2/")
+                .header("authorization", basic("rita", PASSWORD))
+                .client_address(home),
+        )
+        .await
+        .expect(200);
+    for _ in 0..8 {
+        registry
+            .send(
+                call("GET", "/v2/")
+                    .header("authorization", basic("rita", "a wrong guess at it"))
+                    .client_address([192, 0, 2, 7]),
+            )
+            .await;
+    }
+    // A new address meets the account's lock...
+    registry
+        .send(
+            call("GET", "/v2/")
+                .header("authorization", basic("rita", PASSWORD))
+                .client_address([10, 0, 0, 2]),
+        )
+        .await
+        .expect_error(429, "TOOMANYREQUESTS");
+    // ...but where rita logged in before, she still can.
+    registry
+        .send(
+            call("GET", "/v2/")
+                .header("authorization", basic("rita", PASSWORD))
+                .client_address(home),
+        )
+        .await
+        .expect(200);
+}
+
+#[tokio::test]
+async fn an_expired_token_continues_an_upload_only_while_its_principal_may_push() {
+    use registry::access::{Access, AccessSettings, Credential};
+    let registry = team_registry().await;
+    let location = {
+        let reply = registry
+            .send(
+                call("POST", "/v2/team/app/blobs/uploads/")
+                    .header("authorization", basic("dev", PASSWORD)),
+            )
+            .await;
+        reply.expect(202);
+        reply.header("location").to_owned()
+    };
+    // Tokens of the registry's own keys that have expired the moment they are issued.
+    let expired = Access::open(
+        registry.store.clone(),
+        AccessSettings {
+            token_lifetime: std::time::Duration::ZERO,
+            ..AccessSettings::default()
+        },
+    )
+    .await
+    .expect("open access control");
+    let dev = auth::policy::Principal::User {
+        name: "dev".into(),
+        admin: false,
+        disabled: false,
+    };
+    let scope = auth::scope::Scope::parse("repository:team/app:pull,push").expect("scope");
+    let credential = Credential::Password {
+        fingerprint: "0123456789abcdef01234567".into(),
+    };
+    let issued = expired
+        .issue(&dev, Some(&credential), &[scope], false)
+        .await
+        .expect("issue");
+    let token = format!("Bearer {}", issued.access.token);
+    registry
+        .send(call("GET", "/v2/team/app/tags/list").header("authorization", &token))
+        .await
+        .expect_error(401, "UNAUTHORIZED");
+    let patch = |bytes: &'static [u8], start: usize| {
+        call("PATCH", &location)
+            .header("authorization", &token)
+            .header(
+                "content-range",
+                format!("{start}-{}", start + bytes.len() - 1),
+            )
+            .octets(bytes)
+    };
+    registry.send(patch(b"first", 0)).await.expect(202);
+
+    // Demoted to reader: no more pushing, whatever the token said.
+    registry
+        .store
+        .set_member("team", "dev", "reader")
+        .await
+        .expect("demote");
+    registry
+        .send(patch(b"second", 5))
+        .await
+        .expect_error(403, "DENIED");
+    registry
+        .store
+        .set_member("team", "dev", "developer")
+        .await
+        .expect("restore");
+    registry.send(patch(b"second", 5)).await.expect(202);
+
+    // Disabled: the session stops too.
+    registry
+        .store
+        .update_user(
+            "dev",
+            &UserUpdate {
+                disabled: Some(true),
+                ..UserUpdate::default()
+            },
+        )
+        .await
+        .expect("disable");
+    let reply = registry.send(patch(b"third", 11)).await;
+    reply.expect_error(403, "DENIED");
+    assert_eq!(reply.json()["errors"][0]["message"], "user dev is disabled");
+}
+
+#[tokio::test]
+async fn a_token_mounts_only_from_repositories_it_grants_pull_on() {
+    let registry = team_registry().await;
+    registry.push_image("team/app", "v1", "team").await;
+    let layer = digest(b"layer of team");
+    let mount = format!("/v2/team/copy/blobs/uploads/?mount={layer}&from=team/app");
+    // dev may pull team/app, but this token is for team/copy alone: no mount, an upload.
+    let narrow = token(
+        &registry,
+        Some(("dev", PASSWORD)),
+        "scope=repository:team/copy:pull,push",
+    )
+    .await;
+    registry
+        .send(call("POST", &mount).header("authorization", bearer(&narrow)))
+        .await
+        .expect(202);
+    // What clients ask for when they mount: pull on the source in the same token.
+    let with_source = token(
+        &registry,
+        Some(("dev", PASSWORD)),
+        "scope=repository:team/copy:pull,push&scope=repository:team/app:pull",
+    )
+    .await;
+    registry
+        .send(call("POST", &mount).header("authorization", bearer(&with_source)))
+        .await
+        .expect(201);
 }

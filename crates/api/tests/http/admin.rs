@@ -131,10 +131,16 @@ impl Bulwark {
             })
             .await
             .expect("create the first admin");
-        let app = api::admin::router().with_state(AppState {
-            registry,
-            access: access.clone(),
-        });
+        // The token service too, for registry tokens as clients obtain them.
+        let app = api::admin::router()
+            .route(
+                "/auth/token",
+                axum::routing::get(api::token::get_token).post(api::token::post_token),
+            )
+            .with_state(AppState {
+                registry,
+                access: access.clone(),
+            });
         Bulwark {
             store,
             access,
@@ -377,14 +383,40 @@ impl Bulwark {
         }
     }
 
-    /// A registry token for `principal`, as the token service would issue it.
+    /// A registry token for `principal`, as the token service would issue it, naming no
+    /// credential (like a token issued before tokens named theirs).
     async fn token_for(&self, principal: &Principal) -> String {
         self.access
-            .issue(principal, &[], false)
+            .issue(principal, None, &[], false)
             .await
             .expect("issue")
             .access
             .token
+    }
+
+    /// A token service answer (`GET /auth/token`, offline) to `auth`.
+    async fn registry_token(&self, auth: &Auth) -> Value {
+        let request = self.request(
+            Method::GET,
+            "/auth/token?service=bulwark&offline_token=true",
+            auth,
+            None,
+            Vec::new(),
+        );
+        self.raw(request).await.expect(200).clone()
+    }
+
+    /// A token service answer to a refresh token (`POST /auth/token`).
+    async fn refreshed_token(&self, refresh_token: &str) -> Value {
+        let request = self.request(
+            Method::POST,
+            "/auth/token",
+            &Auth::Anonymous,
+            Some("application/x-www-form-urlencoded"),
+            format!("grant_type=refresh_token&refresh_token={refresh_token}&service=bulwark")
+                .into_bytes(),
+        );
+        self.raw(request).await.expect(200).clone()
     }
 
     /// Audit events matching `query`, newest first.
@@ -974,11 +1006,21 @@ async fn users_change_their_own_password_with_the_current_one() {
     bulwark
         .put(
             "/api/v1/users/alice/password",
-            &basic("alice", &secret),
+            &user("alice"),
             change(&secret, "the next password"),
         )
         .await
         .problem(403, "current password is wrong");
+    // Logged in with an access token, not even the right current password will do: a leaked
+    // token must not become the account.
+    bulwark
+        .put(
+            "/api/v1/users/alice/password",
+            &basic("alice", &secret),
+            change(PASSWORD, "the next password"),
+        )
+        .await
+        .problem(403, "needs a login with the account's password");
 
     bulwark
         .put(
@@ -1001,7 +1043,7 @@ async fn users_change_their_own_password_with_the_current_one() {
         "allowed by user:alice (-)"
     );
     let denials = bulwark.audit("action=user.password&result=denied").await;
-    assert_eq!(denials.len(), 4, "{denials:#?}");
+    assert_eq!(denials.len(), 5, "{denials:#?}");
 }
 
 // ---- personal access tokens ----
@@ -2421,4 +2463,75 @@ async fn request_bodies_are_parsed_strictly() {
         b"junk".to_vec(),
     );
     bulwark.raw(anonymous).await.expect(401);
+}
+
+#[tokio::test]
+async fn only_a_password_login_creates_access_tokens() {
+    let bulwark = Bulwark::with_team().await;
+    let created = bulwark
+        .post(
+            "/api/v1/users/alice/tokens",
+            &user("alice"),
+            json!({"description": "ci"}),
+        )
+        .await;
+    let secret = created.expect(201)["secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let pat = basic("alice", &secret);
+    let from_pat = bulwark.registry_token(&pat).await;
+    let refresh_token = from_pat["refresh_token"].as_str().expect("a refresh token");
+    let refreshed = bulwark.refreshed_token(refresh_token).await;
+    let bearer = |answer: &Value| Auth::Bearer(answer["token"].as_str().expect("token").to_owned());
+    for (how, auth) in [
+        ("the access token itself", pat.clone()),
+        ("a registry token obtained with it", bearer(&from_pat)),
+        ("a registry token refreshed from it", bearer(&refreshed)),
+    ] {
+        bulwark
+            .post(
+                "/api/v1/users/alice/tokens",
+                &auth,
+                json!({"description": "another"}),
+            )
+            .await
+            .problem(403, "needs a login with the account's password");
+        // The caller is still alice for everything else.
+        let whoami = bulwark.get("/api/v1/whoami", &auth).await;
+        assert_eq!(
+            whoami.expect(200)["principal"],
+            json!("user:alice"),
+            "{how}"
+        );
+    }
+    assert_eq!(
+        bulwark.last_audit("token.create", "alice").await,
+        "denied by user:alice (creating an access token needs a login with the account's password: an access token, or a registry token obtained with one, cannot do it)"
+    );
+    let listed = bulwark
+        .get("/api/v1/users/alice/tokens", &user("alice"))
+        .await;
+    assert_eq!(
+        listed.expect(200)["items"].as_array().map(Vec::len),
+        Some(1),
+        "no token made another"
+    );
+
+    // The password, directly or through the tokens it gives (as the CLI logs in), still does.
+    let from_password = bulwark.registry_token(&user("alice")).await;
+    let refresh_token = from_password["refresh_token"]
+        .as_str()
+        .expect("a refresh token");
+    let refreshed = bulwark.refreshed_token(refresh_token).await;
+    for auth in [user("alice"), bearer(&from_password), bearer(&refreshed)] {
+        bulwark
+            .post(
+                "/api/v1/users/alice/tokens",
+                &auth,
+                json!({"description": "by password"}),
+            )
+            .await
+            .expect(201);
+    }
 }

@@ -8,6 +8,7 @@
 //! all of them: an error carries the spec's envelope and never a path of the server's disk, and
 //! a `HEAD` reply has no body.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -271,6 +272,7 @@ pub struct Call {
     body: Vec<u8>,
     content_length: bool,
     stream: Option<Body>,
+    client: Option<IpAddr>,
 }
 
 pub fn call(method: &str, uri: impl Into<String>) -> Call {
@@ -281,6 +283,7 @@ pub fn call(method: &str, uri: impl Into<String>) -> Call {
         body: Vec::new(),
         content_length: true,
         stream: None,
+        client: None,
     }
 }
 
@@ -310,6 +313,13 @@ impl Call {
     /// A body the test feeds itself, e.g. one that stalls half-way.
     pub fn body_stream(mut self, body: Body) -> Call {
         self.stream = Some(body);
+        self
+    }
+
+    /// Comes from `address`, as the server tells handlers (`ClientAddress`); without it a
+    /// request has no known address.
+    pub fn client_address(mut self, address: impl Into<IpAddr>) -> Call {
+        self.client = Some(address.into());
         self
     }
 
@@ -352,7 +362,13 @@ impl Call {
                 .collect();
             Body::from_stream(futures_util::stream::iter(pieces))
         };
-        builder.body(body).expect("a valid request")
+        let mut request = builder.body(body).expect("a valid request");
+        if let Some(client) = self.client {
+            request
+                .extensions_mut()
+                .insert(api::access::ClientAddress(client));
+        }
+        request
     }
 }
 
