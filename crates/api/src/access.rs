@@ -5,8 +5,10 @@
 //! Invariants:
 //! - `Operation::required_access` is an exhaustive match: a new operation does not compile
 //!   until someone decides who may call it.
-//! - A denial with a known principal is a 403 `DENIED` naming the rule; a request without
-//!   usable credentials is a 401 with a Bearer challenge; both are audited.
+//! - A denial with a known principal is a 403 `DENIED` naming the rule, and is audited. A
+//!   request without usable credentials is a 401 with a Bearer challenge, and is not: every
+//!   client's first request is one, and an unthrottled write per forged token would let anyone
+//!   flood the audit log. Failed logins are audited where credentials are checked (`Access`).
 //! - A Bearer caller has exactly its token's access list, never its principal's wider rights
 //!   (a mount's source too: clients ask for `repository:<from>:pull` with the push scope).
 //! - An expired token is accepted only to continue an upload session, and only for a principal

@@ -488,12 +488,14 @@ impl Access {
                     throttle.fail(&keys, time);
                 }
                 tracing::info!(username = %username, "failed login for {username}");
-                let who = Principal::User {
-                    name: username.to_owned(),
-                    admin: false,
-                    disabled: false,
+                // Labelled as the principal the name claims, so filtering the audit log by a
+                // robot finds the failed logins in its name too.
+                let who = if username.starts_with(crate::admin::ROBOT_NAME_PREFIX) {
+                    format!("robot:{username}")
+                } else {
+                    format!("user:{username}")
                 };
-                self.audit(
+                self.audit_as(
                     &who,
                     "login",
                     username,

@@ -225,6 +225,9 @@ pub struct NewRobot {
     pub expiry: ExpiryRequest,
 }
 
+/// How every robot's login name starts; no user name can (`$` is not allowed in them).
+pub const ROBOT_NAME_PREFIX: &str = "robot$";
+
 /// Where a robot lives: in a project (managed by its owners) or system-wide (by admins).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RobotScope<'a> {
@@ -243,8 +246,8 @@ impl RobotScope<'_> {
     /// The name robots log in with.
     pub fn full_name(self, short: &str) -> String {
         match self {
-            RobotScope::System => format!("robot${short}"),
-            RobotScope::Project(project) => format!("robot${project}+{short}"),
+            RobotScope::System => format!("{ROBOT_NAME_PREFIX}{short}"),
+            RobotScope::Project(project) => format!("{ROBOT_NAME_PREFIX}{project}+{short}"),
         }
     }
 }

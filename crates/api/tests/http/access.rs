@@ -1240,6 +1240,23 @@ async fn bad_secrets_in_an_accounts_name_do_not_lock_it_out() {
             .await
             .expect(200);
     }
+    // The audit log names each failure after the principal its name claims (the attempts in
+    // dev's name came from an address already throttled, so none of them was checked).
+    let failures = registry
+        .store
+        .audit(&AuditFilter {
+            action: Some("login".into()),
+            result: Some("failed".into()),
+            limit: 100,
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("audit");
+    let principals: std::collections::BTreeSet<&str> = failures
+        .iter()
+        .map(|record| record.event.principal.as_str())
+        .collect();
+    assert_eq!(principals, ["robot:robot$team+ci"].into_iter().collect());
 }
 
 #[tokio::test]
