@@ -6,11 +6,9 @@
 //! - Passwords are verified on a bounded blocking pool, so a flood of logins cannot starve
 //!   registry traffic; a verified (user, password, stored hash) triple is remembered briefly so
 //!   clients sending Basic credentials on every request pay for argon2 once.
-//! - Failed logins are throttled per client address, and failed passwords also per account.
-//!   An account lock never applies to API secrets (256 random bits: nothing to guess, and
-//!   anyone could otherwise keep a CI robot locked out by sending bad secrets in its name), nor
-//!   to a client address that logged in to the account recently (so a stranger's failures
-//!   cannot lock the owner out where they usually log in).
+//! - Failed logins are throttled (`throttle`): passwords per client network and per account
+//!   (except from networks the account knows), API secrets per client network only, so no
+//!   stranger can lock a robot out, nor an owner where they usually log in.
 //! - A token never grants more than was asked and more than is allowed.
 //! - A refresh token is bound to the credential it was obtained with (`Credential`) and dies
 //!   with it: a changed password, a revoked or expired access token, a rotated or re-created
@@ -35,6 +33,7 @@ use oci::RepositoryName;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 
+use crate::throttle::{Presented, Throttle};
 use crate::{now, Error};
 
 /// Tunables of authentication and the token service.
@@ -219,90 +218,8 @@ fn fingerprint(stored_hash: &str) -> String {
     oci::digest::to_hex(&digest[..FINGERPRINT_HEX_LEN / 2])
 }
 
-const THROTTLE_FREE_FAILURES: u32 = 5;
-const THROTTLE_MAX_LOCK_SECS: i64 = 300;
 const VERIFIED_CACHE_SECS: i64 = 60;
 const VERIFIED_CACHE_MAX: usize = 10_000;
-/// How long a client address that logged in to an account stays exempt from its lock.
-const KNOWN_CLIENT_SECS: i64 = 30 * 86_400;
-const KNOWN_CLIENTS_MAX: usize = 100_000;
-
-#[derive(Debug, Default)]
-struct Failures {
-    count: u32,
-    locked_until: i64,
-}
-
-#[derive(Debug, Default)]
-struct Throttle {
-    by_key: HashMap<String, Failures>,
-    /// Client addresses that logged in to an account with its password, by
-    /// `account\0client`, until when they count as known.
-    known: HashMap<String, i64>,
-}
-
-impl Throttle {
-    /// The keys a login counts against and may be locked by: always the client address; the
-    /// account only for a password, and only from a client not known to the account.
-    fn keys(
-        &self,
-        username: &str,
-        password: bool,
-        client: Option<IpAddr>,
-        now: i64,
-    ) -> Vec<String> {
-        let known = client.is_some_and(|ip| {
-            self.known
-                .get(&known_key(username, ip))
-                .is_some_and(|until| *until > now)
-        });
-        let mut keys = Vec::with_capacity(2);
-        if password && !known {
-            keys.push(account_key(username));
-        }
-        keys.extend(client.map(|ip| format!("client:{ip}")));
-        keys
-    }
-
-    fn retry_after(&self, keys: &[String], now: i64) -> Option<u64> {
-        keys.iter()
-            .filter_map(|key| self.by_key.get(key))
-            .map(|f| f.locked_until - now)
-            .filter(|wait| *wait > 0)
-            .max()
-            .map(|wait| u64::try_from(wait).unwrap_or(1))
-    }
-
-    fn fail(&mut self, keys: &[String], now: i64) {
-        if self.by_key.len() > 100_000 {
-            self.by_key.retain(|_, f| f.locked_until > now);
-        }
-        for key in keys {
-            let entry = self.by_key.entry(key.clone()).or_default();
-            entry.count += 1;
-            if entry.count > THROTTLE_FREE_FAILURES {
-                let exponent = (entry.count - THROTTLE_FREE_FAILURES).min(9);
-                entry.locked_until = now + (1i64 << exponent).min(THROTTLE_MAX_LOCK_SECS);
-            }
-        }
-    }
-
-    /// A password login succeeded: the account's failures are forgotten and the client is
-    /// known to it from now on.
-    fn succeed(&mut self, username: &str, client: Option<IpAddr>, now: i64) {
-        self.by_key.remove(&account_key(username));
-        if let Some(ip) = client {
-            if self.known.len() >= KNOWN_CLIENTS_MAX {
-                self.known.retain(|_, until| *until > now);
-                if self.known.len() >= KNOWN_CLIENTS_MAX {
-                    self.known.clear();
-                }
-            }
-            self.known
-                .insert(known_key(username, ip), now + KNOWN_CLIENT_SECS);
-        }
-    }
-}
 
 pub struct Access {
     pub(crate) store: Arc<dyn IdentityStore>,
@@ -461,10 +378,14 @@ impl Access {
             ));
         }
         let time = now();
-        let password = !auth::secret::looks_like_secret(secret);
+        let presented = if auth::secret::looks_like_secret(secret) {
+            Presented::Secret
+        } else {
+            Presented::Password
+        };
         let (keys, wait) = match self.throttle.lock() {
             Ok(throttle) => {
-                let keys = throttle.keys(username, password, client, time);
+                let keys = throttle.keys(username, presented, client, time);
                 let wait = throttle.retry_after(&keys, time);
                 (keys, wait)
             }
@@ -476,10 +397,8 @@ impl Access {
         let outcome = self.check_credentials(username, secret, time).await;
         match outcome {
             Ok(Some(authenticated)) => {
-                if password {
-                    if let Ok(mut throttle) = self.throttle.lock() {
-                        throttle.succeed(username, client, time);
-                    }
+                if let Ok(mut throttle) = self.throttle.lock() {
+                    throttle.succeed(username, presented, client, time);
                 }
                 Ok(authenticated)
             }
@@ -857,14 +776,6 @@ impl Access {
     }
 }
 
-fn account_key(username: &str) -> String {
-    format!("account:{username}")
-}
-
-fn known_key(username: &str, client: IpAddr) -> String {
-    format!("{username}\0{client}")
-}
-
 /// Whether a token's access list covers `action` on `repository`.
 pub fn token_allows(claims: &Claims, repository: &RepositoryName, action: Action) -> bool {
     claims.access.iter().any(|entry| {
@@ -885,102 +796,6 @@ pub fn token_allows_catalog(claims: &Claims) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const CLIENT: [u8; 4] = [10, 0, 0, 1];
-    const STRANGER: [u8; 4] = [192, 0, 2, 7];
-
-    #[test]
-    fn throttling_starts_after_free_failures_and_grows() {
-        let mut throttle = Throttle::default();
-        let client = Some(IpAddr::from(CLIENT));
-        let keys = throttle.keys("alice", true, client, 100);
-        assert_eq!(keys, vec!["account:alice", "client:10.0.0.1"]);
-        for _ in 0..THROTTLE_FREE_FAILURES {
-            throttle.fail(&keys, 100);
-        }
-        assert_eq!(
-            throttle.retry_after(&keys, 100),
-            None,
-            "the first failures are free"
-        );
-        throttle.fail(&keys, 100);
-        assert_eq!(throttle.retry_after(&keys, 100), Some(2));
-        throttle.fail(&keys, 100);
-        assert_eq!(throttle.retry_after(&keys, 100), Some(4));
-        let other_account_same_client = throttle.keys("bob", true, client, 100);
-        assert_eq!(
-            throttle.retry_after(&other_account_same_client, 100),
-            Some(4),
-            "the client address is throttled too"
-        );
-        let same_account_elsewhere =
-            throttle.keys("alice", true, Some(IpAddr::from(STRANGER)), 100);
-        assert_eq!(
-            throttle.retry_after(&same_account_elsewhere, 100),
-            Some(4),
-            "the account is locked for a client it does not know"
-        );
-        throttle.succeed("alice", client, 100);
-        assert_eq!(
-            throttle.retry_after(&[account_key("alice")], 100),
-            None,
-            "a success clears the account"
-        );
-    }
-
-    #[test]
-    fn secrets_are_throttled_per_client_only() {
-        let mut throttle = Throttle::default();
-        // Anyone can send bad secrets in a robot's name from their own address...
-        let attacker = throttle.keys("robot$team+ci", false, Some(IpAddr::from(STRANGER)), 100);
-        assert_eq!(attacker, vec!["client:192.0.2.7"]);
-        for _ in 0..20 {
-            throttle.fail(&attacker, 100);
-        }
-        assert!(throttle.retry_after(&attacker, 100).is_some());
-        // ...without locking the robot out anywhere else.
-        let ci = throttle.keys("robot$team+ci", false, Some(IpAddr::from(CLIENT)), 100);
-        assert_eq!(throttle.retry_after(&ci, 100), None);
-        let without_address = throttle.keys("robot$team+ci", false, None, 100);
-        assert!(without_address.is_empty(), "{without_address:?}");
-    }
-
-    #[test]
-    fn a_known_client_is_not_locked_out_by_a_strangers_failures() {
-        let mut throttle = Throttle::default();
-        let owner = Some(IpAddr::from(CLIENT));
-        throttle.succeed("admin", owner, 100);
-        let stranger = throttle.keys("admin", true, Some(IpAddr::from(STRANGER)), 200);
-        for _ in 0..20 {
-            throttle.fail(&stranger, 200);
-        }
-        assert!(
-            throttle.retry_after(&stranger, 200).is_some(),
-            "the stranger is locked"
-        );
-        assert!(
-            throttle
-                .retry_after(
-                    &throttle.keys("admin", true, Some(IpAddr::from([10, 0, 0, 2])), 200),
-                    200
-                )
-                .is_some(),
-            "so is any client the account does not know"
-        );
-        let keys = throttle.keys("admin", true, owner, 200);
-        assert_eq!(
-            keys,
-            vec!["client:10.0.0.1"],
-            "the owner's address is known"
-        );
-        assert_eq!(throttle.retry_after(&keys, 200), None);
-        let later = 100 + KNOWN_CLIENT_SECS;
-        assert_eq!(
-            throttle.keys("admin", true, owner, later),
-            vec!["account:admin", "client:10.0.0.1"],
-            "a client is known for a while, not forever"
-        );
-    }
 
     #[test]
     fn bindings_name_their_credential_and_unknown_shapes_are_refused() {

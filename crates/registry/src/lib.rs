@@ -11,6 +11,7 @@
 pub mod access;
 pub mod admin;
 mod error;
+mod throttle;
 mod uploads;
 
 use std::sync::Arc;
