@@ -175,7 +175,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         endpoint(M::GET, "/api/v1/users", "listUsers", "List users", h::list_users).tag("users").describe("For admins.").paged().returns(200, "UserPage"),
         endpoint(M::POST, "/api/v1/users", "createUser", "Create a user", h::create_user)
             .tag("users")
-            .describe("For admins. The password needs at least 12 characters.")
+            .describe("For admins. The password needs at least 12 characters. Needs a login with the caller's password (not an access token, nor a registry token obtained with one): what it hands out outlives any token.")
             .body("NewUser")
             .returns(201, "User")
             .errors(&[409, 422]),
@@ -186,7 +186,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             .errors(&[404]),
         endpoint(M::PATCH, "/api/v1/users/{user}", "updateUser", "Change a user", h::update_user)
             .tag("users")
-            .describe("For admins: reset a password, grant or remove admin, disable or enable. Admins cannot demote or disable themselves.")
+            .describe("For admins: reset a password, grant or remove admin, disable or enable. Admins cannot demote or disable themselves. Resetting a password or granting admin needs a login with the caller's password (not an access token, nor a registry token obtained with one); disabling and removing admin do not.")
             .body("UserUpdate")
             .returns(200, "User")
             .errors(&[404, 409, 422]),
@@ -272,7 +272,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             .errors(&[404]),
         endpoint(M::POST, "/api/v1/projects/{project}/robots", "createProjectRobot", "Create a project robot", h::create_project_robot)
             .tag("robots")
-            .describe("For the project's owners and admins. Every grant stays inside the project. The answer holds the secret, shown this once.")
+            .describe("For the project's owners and admins. Every grant stays inside the project. The answer holds the secret, shown this once. Needs a login with the caller's password (not an access token, nor a registry token obtained with one): what it hands out outlives any token.")
             .body("NewRobot")
             .returns(201, "IssuedRobot")
             .errors(&[404, 409, 422]),
@@ -283,7 +283,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             .errors(&[404]),
         endpoint(M::POST, "/api/v1/projects/{project}/robots/{robot}/rotate", "rotateProjectRobot", "Replace a project robot's secret", h::rotate_project_robot)
             .tag("robots")
-            .describe("For the project's owners and admins. The old secret stops working; the new one is shown this once. The expiry moves if a new one is given.")
+            .describe("For the project's owners and admins. The old secret stops working; the new one is shown this once. The expiry moves if a new one is given. Needs a login with the caller's password (not an access token, nor a registry token obtained with one): what it hands out outlives any token.")
             .optional_body("Expiry")
             .returns(200, "IssuedRobot")
             .errors(&[404, 409, 422]),
@@ -300,7 +300,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             .returns(200, "RobotPage"),
         endpoint(M::POST, "/api/v1/robots", "createSystemRobot", "Create a system robot", h::create_system_robot)
             .tag("robots")
-            .describe("For admins. Its grants may span projects. The answer holds the secret, shown this once.")
+            .describe("For admins. Its grants may span projects. The answer holds the secret, shown this once. Needs a login with the caller's password (not an access token, nor a registry token obtained with one): what it hands out outlives any token.")
             .body("NewRobot")
             .returns(201, "IssuedRobot")
             .errors(&[409, 422]),
@@ -311,7 +311,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             .errors(&[404]),
         endpoint(M::POST, "/api/v1/robots/{robot}/rotate", "rotateSystemRobot", "Replace a system robot's secret", h::rotate_system_robot)
             .tag("robots")
-            .describe("For admins. The old secret stops working; the new one is shown this once. The expiry moves if a new one is given.")
+            .describe("For admins. The old secret stops working; the new one is shown this once. The expiry moves if a new one is given. Needs a login with the caller's password (not an access token, nor a registry token obtained with one): what it hands out outlives any token.")
             .optional_body("Expiry")
             .returns(200, "IssuedRobot")
             .errors(&[404, 409, 422]),

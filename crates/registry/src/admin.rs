@@ -685,13 +685,25 @@ impl Access {
 
     // ---- users ----
 
+    /// A new account, by an admin who logged in with their password (`credential`): an access
+    /// token must not be able to mint accounts that outlive it.
     pub async fn create_user(
         &self,
         actor: &Principal,
+        credential: Option<CredentialKind>,
         new: NewUser,
         client: Option<IpAddr>,
     ) -> Result<UserView, Error> {
         let acting = self.admin(actor, "user.create", &new.name, client).await?;
+        acting
+            .require_password(
+                self,
+                credential,
+                "creating a user",
+                "user.create",
+                &new.name,
+            )
+            .await?;
         check_account_name("user", &new.name)?;
         let password_hash = hash_password(self, &new.password).await?;
         let record = UserRecord {
@@ -751,15 +763,29 @@ impl Access {
     }
 
     /// An admin's change to a user. Admins cannot demote, disable or re-password themselves
-    /// this way: a stolen session must not lock the real admin out.
+    /// this way: a stolen session must not lock the real admin out. Setting a password or the
+    /// admin role needs a login with the admin's password (`credential`): through an access
+    /// token it would hand out access that outlives the token. Disabling and demoting do not.
     pub async fn update_user(
         &self,
         actor: &Principal,
+        credential: Option<CredentialKind>,
         name: &str,
         change: UserChange,
         client: Option<IpAddr>,
     ) -> Result<UserView, Error> {
         let acting = self.admin(actor, "user.update", name, client).await?;
+        if change.password.is_some() || change.admin == Some(true) {
+            acting
+                .require_password(
+                    self,
+                    credential,
+                    "setting a password or the admin role",
+                    "user.update",
+                    name,
+                )
+                .await?;
+        }
         if acting.name == name {
             if change.admin == Some(false) || change.disabled == Some(true) {
                 let refusal = Error::Conflict("admins cannot remove their own admin role or disable themselves; ask another admin".into());
@@ -1217,10 +1243,12 @@ impl Access {
     // ---- robots ----
 
     /// A new robot and its secret (shown once): in a project by its owners or admins,
-    /// system-wide by admins.
+    /// system-wide by admins, logged in with their password (`credential`): a robot made
+    /// through an access token would outlive the token's revocation.
     pub async fn create_robot(
         &self,
         actor: &Principal,
+        credential: Option<CredentialKind>,
         scope: RobotScope<'_>,
         new: NewRobot,
         client: Option<IpAddr>,
@@ -1230,6 +1258,15 @@ impl Access {
             .acting(actor, "robot.create", &full_name, client)
             .await?;
         self.robot_manager(&acting, "robot.create", scope, &full_name)
+            .await?;
+        acting
+            .require_password(
+                self,
+                credential,
+                "creating a robot",
+                "robot.create",
+                &full_name,
+            )
             .await?;
         check_account_name("robot", &new.name)?;
         if let Some(description) = &new.description {
@@ -1302,10 +1339,12 @@ impl Access {
             .map(RobotView::from)
     }
 
-    /// Replaces a robot's secret (shown once), and its expiry when one is given.
+    /// Replaces a robot's secret (shown once), and its expiry when one is given; like
+    /// `create_robot`, only for a caller logged in with their password.
     pub async fn rotate_robot(
         &self,
         actor: &Principal,
+        credential: Option<CredentialKind>,
         scope: RobotScope<'_>,
         name: &str,
         expiry: ExpiryRequest,
@@ -1316,6 +1355,15 @@ impl Access {
             .acting(actor, "robot.rotate", &full_name, client)
             .await?;
         self.robot_manager(&acting, "robot.rotate", scope, &full_name)
+            .await?;
+        acting
+            .require_password(
+                self,
+                credential,
+                "rotating a robot's secret",
+                "robot.rotate",
+                &full_name,
+            )
             .await?;
         let mut record = self.scoped_robot(scope, &full_name).await?;
         let expires_at = resolve_expiry(&expiry, now(), None)?;

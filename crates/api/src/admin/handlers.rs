@@ -94,7 +94,12 @@ pub async fn create_user(
     created(&wire::user(
         &state
             .access
-            .create_user(&caller.principal, body.into(), caller.client)
+            .create_user(
+                &caller.principal,
+                caller.credential,
+                body.into(),
+                caller.client,
+            )
             .await?,
     ))
 }
@@ -121,7 +126,13 @@ pub async fn update_user(
     ok(&wire::user(
         &state
             .access
-            .update_user(&caller.principal, &user, body.into(), caller.client)
+            .update_user(
+                &caller.principal,
+                caller.credential,
+                &user,
+                body.into(),
+                caller.client,
+            )
             .await?,
     ))
 }
@@ -359,6 +370,7 @@ pub async fn create_project_robot(
             .access
             .create_robot(
                 &caller.principal,
+                caller.credential,
                 RobotScope::Project(&project),
                 body.into(),
                 caller.client,
@@ -396,6 +408,7 @@ pub async fn rotate_project_robot(
             .access
             .rotate_robot(
                 &caller.principal,
+                caller.credential,
                 RobotScope::Project(&project),
                 &robot,
                 body.into(),
@@ -448,6 +461,7 @@ pub async fn create_system_robot(
             .access
             .create_robot(
                 &caller.principal,
+                caller.credential,
                 RobotScope::System,
                 body.into(),
                 caller.client,
@@ -480,6 +494,7 @@ pub async fn rotate_system_robot(
             .access
             .rotate_robot(
                 &caller.principal,
+                caller.credential,
                 RobotScope::System,
                 &robot,
                 body.into(),

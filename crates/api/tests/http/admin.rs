@@ -2535,3 +2535,104 @@ async fn only_a_password_login_creates_access_tokens() {
             .expect(201);
     }
 }
+
+#[tokio::test]
+async fn an_access_token_cannot_mint_credentials_that_outlive_it() {
+    // Users, passwords, the admin role and robot secrets all outlive a revoked token: only a
+    // password login hands them out. Taking access away (disabling) stays possible.
+    let bulwark = Bulwark::with_team().await;
+    let token_of = |name: &'static str, password: &'static str| {
+        let bulwark = &bulwark;
+        async move {
+            let created = bulwark
+                .post(
+                    &format!("/api/v1/users/{name}/tokens"),
+                    &basic(name, password),
+                    json!({"description": "automation"}),
+                )
+                .await;
+            let secret = created.expect(201)["secret"]
+                .as_str()
+                .expect("secret")
+                .to_owned();
+            basic(name, &secret)
+        }
+    };
+    let admin_pat = token_of("root", ROOT_PASSWORD).await;
+    let owner_pat = token_of("alice", PASSWORD).await;
+    let refused = "needs a login with the account's password";
+    bulwark
+        .post(
+            "/api/v1/users",
+            &admin_pat,
+            json!({"name": "mallory", "password": PASSWORD}),
+        )
+        .await
+        .problem(403, refused);
+    bulwark
+        .patch(
+            "/api/v1/users/carol",
+            &admin_pat,
+            json!({"password": "a password carol does not know"}),
+        )
+        .await
+        .problem(403, refused);
+    bulwark
+        .patch("/api/v1/users/carol", &admin_pat, json!({"admin": true}))
+        .await
+        .problem(403, refused);
+    bulwark
+        .patch("/api/v1/users/carol", &admin_pat, json!({"disabled": true}))
+        .await
+        .expect(200);
+    bulwark
+        .post("/api/v1/projects/team/robots", &owner_pat, ci_robot())
+        .await
+        .problem(403, refused);
+    bulwark
+        .post("/api/v1/robots", &admin_pat, ci_robot_system())
+        .await
+        .problem(403, refused);
+    bulwark
+        .post("/api/v1/projects/team/robots", &user("alice"), ci_robot())
+        .await
+        .expect(201);
+    bulwark
+        .post(
+            "/api/v1/projects/team/robots/ci/rotate",
+            &owner_pat,
+            json!({}),
+        )
+        .await
+        .problem(403, refused);
+    assert!(bulwark
+        .last_audit("robot.rotate", "robot$team+ci")
+        .await
+        .starts_with(
+        "denied by user:alice (rotating a robot's secret needs a login with the account's password"
+    ));
+    bulwark
+        .post(
+            "/api/v1/projects/team/robots/ci/rotate",
+            &user("alice"),
+            json!({}),
+        )
+        .await
+        .expect(200);
+    bulwark
+        .post(
+            "/api/v1/users",
+            &root(),
+            json!({"name": "mallory", "password": PASSWORD}),
+        )
+        .await
+        .expect(201);
+}
+
+fn ci_robot_system() -> Value {
+    json!({
+        "name": "ci",
+        "grants": [{"repositories": "**", "actions": ["pull"]}],
+        "expires_in": "12h",
+    })
+}
