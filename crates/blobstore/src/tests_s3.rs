@@ -58,7 +58,7 @@ async fn staged_objects(store: &BlobStore, session: &str) -> Vec<String> {
 async fn append(store: &BlobStore, session: &str, state: &mut UploadState, bytes: &[u8]) {
     let before = state.clone();
     let written = store
-        .append(session, before.length(), state, body(bytes))
+        .append(session, before.length(), state, body(bytes), ())
         .await
         .expect("append");
     assert_eq!(written, bytes.len() as u64);
@@ -82,7 +82,7 @@ async fn small_blob_in_one_request_with_ranges_and_a_presigned_url(server: &S3Se
     let store = BlobStore::remote(&server.settings()).expect("store");
     let bytes = data(100 * 1024, 1);
     let finishing = store
-        .finish("small", 0, &UploadState::new(), body(&bytes))
+        .finish("small", 0, &UploadState::new(), body(&bytes), ())
         .await
         .expect("finish");
     assert_eq!(finishing.digest, digest_of(&bytes));
@@ -122,7 +122,7 @@ async fn small_blob_in_one_request_with_ranges_and_a_presigned_url(server: &S3Se
     );
 
     let empty = store
-        .finish("empty", 0, &UploadState::new(), body(&[]))
+        .finish("empty", 0, &UploadState::new(), body(&[]), ())
         .await
         .expect("finish");
     let empty_digest = empty.digest.clone();
@@ -153,6 +153,7 @@ async fn chunks_of_any_size_become_uniform_parts_and_one_tail(server: &S3Server)
             state.length(),
             &state,
             body(&bytes[bytes.len() - 10..]),
+            (),
         )
         .await
         .expect("finish");
@@ -182,6 +183,7 @@ async fn another_replica_continues_and_finishes_a_session(server: &S3Server) {
             state.length(),
             &state,
             body(&bytes[MIN_PART_SIZE + MIB..]),
+            (),
         )
         .await
         .expect("finish on b");
@@ -206,7 +208,7 @@ async fn a_failed_chunk_changes_nothing_recorded(server: &S3Server) {
     let garbage = data(MIN_PART_SIZE + MIB, 99);
     let failing = body(&garbage).chain(stream::iter(vec![Err("connection reset".to_owned())]));
     let result = store
-        .append("failing", state.length(), &mut state, failing)
+        .append("failing", state.length(), &mut state, failing, ())
         .await;
     assert!(matches!(result, Err(Error::Body(_))), "{:?}", result.err());
     assert_eq!(state, before, "the state is untouched");
@@ -217,7 +219,7 @@ async fn a_failed_chunk_changes_nothing_recorded(server: &S3Server) {
     );
     append(&store, "failing", &mut state, &bytes[MIB..]).await;
     let finishing = store
-        .finish("failing", state.length(), &state, body(&[]))
+        .finish("failing", state.length(), &state, body(&[]), ())
         .await
         .expect("finish");
     assert_eq!(finishing.digest, digest_of(&bytes));
@@ -237,19 +239,19 @@ async fn a_racing_request_cannot_slip_its_bytes_into_the_blob(server: &S3Server)
     let loser_bytes = data(MIN_PART_SIZE, 7);
     let mut winner = state.clone();
     store
-        .append("race", state.length(), &mut winner, body(&winner_bytes))
+        .append("race", state.length(), &mut winner, body(&winner_bytes), ())
         .await
         .expect("winner");
     let mut loser = state.clone();
     store
-        .append("race", state.length(), &mut loser, body(&loser_bytes))
+        .append("race", state.length(), &mut loser, body(&loser_bytes), ())
         .await
         .expect("loser");
     store.release("race", &loser, &state).await;
     store.release("race", &state, &winner).await;
 
     let finishing = store
-        .finish("race", winner.length(), &winner, body(&[]))
+        .finish("race", winner.length(), &winner, body(&[]), ())
         .await
         .expect("finish");
     let expected = [start.as_slice(), winner_bytes.as_slice()].concat();
@@ -280,6 +282,7 @@ async fn a_wrong_digest_removes_everything_staged(server: &S3Server) {
             state.length(),
             &state,
             body(&bytes[MIN_PART_SIZE + 10..]),
+            (),
         )
         .await
         .expect("finish");
@@ -302,7 +305,13 @@ async fn a_single_node_copies_its_blobs_into_the_bucket(server: &S3Server) {
     for (n, len) in [0usize, 1000, MIN_PART_SIZE + 7].into_iter().enumerate() {
         let bytes = data(len, 20 + n as u8);
         let finishing = local
-            .finish(&format!("copy-{n}"), 0, &UploadState::new(), body(&bytes))
+            .finish(
+                &format!("copy-{n}"),
+                0,
+                &UploadState::new(),
+                body(&bytes),
+                (),
+            )
             .await
             .expect("finish");
         digests.push((finishing.digest.clone(), bytes));
@@ -339,7 +348,7 @@ async fn an_outage_is_reported_as_unavailable(mut server: S3Server) {
     let store = BlobStore::remote(&server.settings()).expect("store");
     let bytes = data(1000, 9);
     let finishing = store
-        .finish("outage", 0, &UploadState::new(), body(&bytes))
+        .finish("outage", 0, &UploadState::new(), body(&bytes), ())
         .await
         .expect("finish");
     let digest = finishing.digest.clone();
@@ -352,7 +361,7 @@ async fn an_outage_is_reported_as_unavailable(mut server: S3Server) {
     let mut state = UploadState::new();
     assert!(matches!(
         store
-            .append("outage-2", 0, &mut state, body(&data(MIN_PART_SIZE, 1)))
+            .append("outage-2", 0, &mut state, body(&data(MIN_PART_SIZE, 1)), ())
             .await,
         Err(Error::Unavailable(_))
     ));
