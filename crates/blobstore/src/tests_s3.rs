@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use object_store::path::Path;
+use object_store::ObjectStoreExt;
 use sha2::Digest as _;
 
 use crate::testing::S3Server;
@@ -74,6 +75,7 @@ async fn uploads_on_a_real_s3_server() {
     a_failed_chunk_changes_nothing_recorded(&server).await;
     a_racing_request_cannot_slip_its_bytes_into_the_blob(&server).await;
     a_wrong_digest_removes_everything_staged(&server).await;
+    a_stored_blob_is_never_rewritten_and_lost_bytes_are_not_replaced(&server).await;
     a_single_node_copies_its_blobs_into_the_bucket(&server).await;
     an_outage_is_reported_as_unavailable(server).await;
 }
@@ -296,6 +298,79 @@ async fn a_wrong_digest_removes_everything_staged(server: &S3Server) {
         store.read(&digest_of(&bytes), None).await,
         Err(Error::Missing(_))
     ));
+}
+
+async fn a_stored_blob_is_never_rewritten_and_lost_bytes_are_not_replaced(server: &S3Server) {
+    let store = BlobStore::remote(&server.settings()).expect("store");
+    // Whatever a blob path holds stays: here a stand-in of the right size, so that a rewrite
+    // would show.
+    for (session, len) in [
+        ("stored-small", 1000),
+        ("stored-parted", MIN_PART_SIZE + 10),
+    ] {
+        let bytes = data(len, 10);
+        let digest = digest_of(&bytes);
+        let stand_in = data(len, 11);
+        store
+            .objects
+            .put(&crate::blob_path(&digest), stand_in.clone().into())
+            .await
+            .expect("store a stand-in");
+        let mut state = UploadState::new();
+        append(&store, session, &mut state, &bytes[..len - 10]).await;
+        let finishing = store
+            .finish(
+                session,
+                state.length(),
+                &state,
+                body(&bytes[len - 10..]),
+                (),
+            )
+            .await
+            .expect("finish");
+        assert_eq!(finishing.digest, digest);
+        store.commit(finishing).await.expect("commit");
+        assert_eq!(
+            read_all(&store, &digest).await,
+            stand_in,
+            "the stored object was not rewritten"
+        );
+        assert!(
+            staged_objects(&store, session).await.is_empty(),
+            "the staged copy is gone"
+        );
+    }
+
+    // A recorded tail that is gone is lost, not an outage to retry.
+    let mut state = UploadState::new();
+    append(&store, "lost", &mut state, &data(1000, 12)).await;
+    for name in staged_objects(&store, "lost").await {
+        store
+            .objects
+            .delete(&Path::from(name))
+            .await
+            .expect("delete");
+    }
+    assert!(matches!(
+        store
+            .finish("lost", state.length(), &state, body(b"more"), ())
+            .await,
+        Err(Error::Lost(_))
+    ));
+
+    // Aborting removes what the record never held, such as a dropped request's tail.
+    let mut state = UploadState::new();
+    append(&store, "strays", &mut state, &data(1000, 13)).await;
+    store
+        .objects
+        .put(
+            &Path::from("uploads/strays/tail-dropped"),
+            Bytes::from_static(b"stray").into(),
+        )
+        .await
+        .expect("a stray tail");
+    store.abort("strays", &state).await.expect("abort");
+    assert!(staged_objects(&store, "strays").await.is_empty());
 }
 
 async fn a_single_node_copies_its_blobs_into_the_bucket(server: &S3Server) {
