@@ -13,6 +13,10 @@
 //! - A chunk that fails half-way never becomes part of a blob: local staging writes at the
 //!   acknowledged offset, object-store staging writes only names the session record does not
 //!   hold yet.
+//! - Staged bytes a session's record stands for are never invented: when they are gone, the
+//!   session cannot continue (`Error::Lost`).
+//! - `commit` never replaces a stored blob: a blob path, once written, keeps its verified
+//!   bytes, and a commit that finds the blob there keeps it and drops the staged copy.
 //! - This crate does not decide whether a digest matches; it only moves verified bytes.
 
 mod cloud;
@@ -59,10 +63,18 @@ pub enum Error {
     Unavailable(String),
     #[error("blob storage failed: {0}")]
     Storage(String),
+    /// The staged bytes an upload session's record stands for are gone (committed, or removed
+    /// by a cancel or expiry whose record deletion failed): the session cannot continue.
+    #[error("upload bytes lost: {0}")]
+    Lost(String),
 }
 
 fn storage(err: impl std::fmt::Display) -> Error {
     Error::Storage(err.to_string())
+}
+
+fn lost(text: String) -> Error {
+    Error::Lost(text)
 }
 
 fn unavailable(err: impl std::fmt::Display) -> Error {
@@ -123,6 +135,39 @@ pub struct Finishing {
     held: Option<remote::Held>,
 }
 
+/// What an upload's bytes hash to, when they were hashed without being staged (`hash_rest`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hashed {
+    /// Bytes the finishing request carried.
+    pub written: u64,
+    /// The blob's size.
+    pub size: u64,
+    pub digest: Digest,
+}
+
+/// Hashes the last bytes of an upload on top of `state` without staging them: for a blob that
+/// is already stored (`BlobStore::stored_size`), where only the digest of the session's
+/// content has to be proven, not its bytes kept.
+pub async fn hash_rest<S, E>(state: &UploadState, body: S) -> Result<Hashed, Error>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send,
+    E: std::fmt::Display,
+{
+    let mut hash = state.hash.clone();
+    let mut written = 0u64;
+    let mut body = std::pin::pin!(body);
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|err| Error::Body(err.to_string()))?;
+        hash.update(&chunk);
+        written += chunk.len() as u64;
+    }
+    Ok(Hashed {
+        written,
+        size: hash.length(),
+        digest: hash.finish(),
+    })
+}
+
 impl BlobStore {
     /// Blobs on the local filesystem under `root` (created if missing).
     pub fn local(root: &FsPath) -> Result<BlobStore, Error> {
@@ -176,6 +221,15 @@ impl BlobStore {
         Ok(BlobRead { size, stream })
     }
 
+    /// The size of the stored blob `digest`, if it is stored.
+    pub async fn stored_size(&self, digest: &Digest) -> Result<Option<u64>, Error> {
+        match self.objects.head(&blob_path(digest)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(err) => Err(self.failure(err)),
+        }
+    }
+
     /// A URL the client may fetch the blob from directly for `ttl`, when the store can sign
     /// one (S3, GCS); `None` when blobs must stream through the registry.
     pub async fn presigned_url(
@@ -206,12 +260,17 @@ impl BlobStore {
     /// Hashes `body` into `state` and stages it after the `offset` bytes received so far.
     /// Returns the number of bytes written; on error `state` is untouched and nothing past
     /// `offset` counts. After recording the new state, call `release(old, new)`.
+    ///
+    /// `claim` (the caller's proof of being the session's only writer) is kept until nothing
+    /// this call started can write the session's staged bytes any more, even when this future
+    /// is dropped: on local disk, until the writing thread exits.
     pub async fn append<S, E>(
         &self,
         session: &str,
         offset: u64,
         state: &mut UploadState,
         body: S,
+        claim: impl Send + 'static,
     ) -> Result<u64, Error>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
@@ -219,18 +278,21 @@ impl BlobStore {
     {
         Self::check_offset(session, offset, state)?;
         match &self.staging {
-            Staging::Local(local) => local.append(session, offset, state, body).await,
+            Staging::Local(local) => local.append(session, offset, state, body, claim).await,
+            // Everything happens in this future: dropping it stops all writing.
             Staging::Remote(remote) => remote.append(session, state, body).await,
         }
     }
 
-    /// Hashes and stages the last bytes of an upload, without committing anything.
+    /// Hashes and stages the last bytes of an upload, without committing anything. `claim`
+    /// is kept as for `append`.
     pub async fn finish<S, E>(
         &self,
         session: &str,
         offset: u64,
         state: &UploadState,
         body: S,
+        claim: impl Send + 'static,
     ) -> Result<Finishing, Error>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
@@ -239,7 +301,12 @@ impl BlobStore {
         Self::check_offset(session, offset, state)?;
         let mut state = state.clone();
         let (written, held) = match &self.staging {
-            Staging::Local(local) => (local.append(session, offset, &mut state, body).await?, None),
+            Staging::Local(local) => (
+                local
+                    .append(session, offset, &mut state, body, claim)
+                    .await?,
+                None,
+            ),
             Staging::Remote(remote) => {
                 let (written, held) = remote.finish(session, &mut state, body).await?;
                 (written, Some(held))
@@ -265,9 +332,9 @@ impl BlobStore {
         Ok(())
     }
 
-    /// Puts a finished upload in place under its digest (which the caller has verified).
-    /// Committing bytes that are already stored replaces them with identical bytes, so
-    /// concurrent pushes of one blob both succeed.
+    /// Puts a finished upload in place under its digest (which the caller has verified) and
+    /// removes what it staged. A blob already stored under the digest is kept as it is, so
+    /// concurrent pushes of one blob both succeed and a retried commit changes nothing.
     pub async fn commit(&self, finishing: Finishing) -> Result<(), Error> {
         match (&self.staging, finishing.held) {
             (Staging::Local(local), _) => {
@@ -281,7 +348,7 @@ impl BlobStore {
             }
             (Staging::Remote(remote), Some(held)) => {
                 remote
-                    .commit(&finishing.session, held, &finishing.digest)
+                    .commit(&finishing.session, held, &finishing.digest, finishing.size)
                     .await
             }
             (Staging::Remote(_), None) => Err(Error::Storage(
@@ -290,7 +357,8 @@ impl BlobStore {
         }
     }
 
-    /// Discards everything an upload staged (idempotent).
+    /// Discards everything an upload staged (idempotent). In an object store that is every
+    /// object under the session's prefix, recorded in `state` or not.
     pub async fn abort(&self, session: &str, state: &UploadState) -> Result<(), Error> {
         match &self.staging {
             Staging::Local(local) => local.abort(session).await,
@@ -389,11 +457,11 @@ mod tests {
         let store = BlobStore::local(dir.path()).expect("store");
         let mut state = UploadState::new();
         let first = store
-            .append("s1", 0, &mut state, body(&[b"hello ", b"wor"]))
+            .append("s1", 0, &mut state, body(&[b"hello ", b"wor"]), ())
             .await
             .expect("append");
         let finishing = store
-            .finish("s1", first, &state, body(&[b"ld"]))
+            .finish("s1", first, &state, body(&[b"ld"]), ())
             .await
             .expect("finish");
         assert_eq!((first, finishing.written, finishing.size), (6 + 3, 2, 11));
@@ -442,7 +510,7 @@ mod tests {
             let chunk = Bytes::copy_from_slice(&data[window[0]..window[1]]);
             let chunks = vec![Ok::<_, std::convert::Infallible>(chunk)];
             offset += store
-                .append("big", offset, &mut state, stream::iter(chunks))
+                .append("big", offset, &mut state, stream::iter(chunks), ())
                 .await
                 .expect("append");
         }
@@ -453,6 +521,7 @@ mod tests {
                 offset,
                 &state,
                 stream::iter(vec![Ok::<_, std::convert::Infallible>(rest)]),
+                (),
             )
             .await
             .expect("finish");
@@ -482,11 +551,11 @@ mod tests {
         };
         let mut state = UploadState::new();
         let first = store
-            .append("windows", 0, &mut state, chunks(&data[..cut]))
+            .append("windows", 0, &mut state, chunks(&data[..cut]), ())
             .await
             .expect("append");
         let finishing = store
-            .finish("windows", first, &state, chunks(&data[cut..]))
+            .finish("windows", first, &state, chunks(&data[cut..]), ())
             .await
             .expect("finish");
         assert_eq!(finishing.size, data.len() as u64);
@@ -501,7 +570,7 @@ mod tests {
         let store = BlobStore::local(dir.path()).expect("store");
         let mut state = UploadState::new();
         let written = store
-            .append("s2", 0, &mut state, body(&[b"abc"]))
+            .append("s2", 0, &mut state, body(&[b"abc"]), ())
             .await
             .expect("append");
         let before = state.clone();
@@ -509,14 +578,14 @@ mod tests {
             Ok(Bytes::from_static(b"garbage")),
             Err("connection reset"),
         ]);
-        let result = store.append("s2", written, &mut state, failing).await;
+        let result = store.append("s2", written, &mut state, failing, ()).await;
         assert!(matches!(result, Err(Error::Body(_))));
         assert_eq!(
             state, before,
             "the hash state is untouched by a failed chunk"
         );
         let finishing = store
-            .finish("s2", written, &state, body(&[b"def"]))
+            .finish("s2", written, &state, body(&[b"def"]), ())
             .await
             .expect("retry");
         let digest = finishing.digest.clone();
@@ -538,7 +607,7 @@ mod tests {
         ));
         let state = UploadState::new();
         let empty = store
-            .finish("never-written", 0, &state, body(&[]))
+            .finish("never-written", 0, &state, body(&[]), ())
             .await
             .expect("finish an empty blob");
         let digest = empty.digest.clone();
@@ -549,7 +618,7 @@ mod tests {
             .await
             .expect("abort is idempotent");
         assert!(matches!(
-            store.finish("s3", 5, &state, body(&[])).await,
+            store.finish("s3", 5, &state, body(&[]), ()).await,
             Err(Error::Storage(_))
         ));
     }

@@ -1,15 +1,26 @@
 //! Upload staging on local disk: one file per session under `uploads/`, written at the
-//! session's acknowledged offset and moved into place with one atomic rename.
+//! session's acknowledged offset and moved into place with a hard link and an unlink.
 //!
 //! Every request's bytes are on disk (`sync_data`) before it is acknowledged; writeback starts
 //! while they stream (`writeback`), so that flush finds little left to write.
+//!
+//! Invariants:
+//! - The acknowledged bytes of a session are never invented: a request continuing from a
+//!   non-zero offset needs the staging file to exist and hold at least that many bytes, or it
+//!   is refused with `Error::Lost` (the file was committed or removed while the session's
+//!   record survived; refilling it would turn the record's hash into a lie about zeros).
+//! - Committing never replaces a blob file: the staged file is linked under the digest only if
+//!   no file is there (a blob path holds verified bytes once and for all), then unlinked.
+//! - The writing thread holds the caller's claim on the session until it exits, so a request
+//!   that is dropped (the client went away) keeps the session claimed while its thread still
+//!   drains queued bytes into the file.
 
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{ErrorKind, Seek, SeekFrom, Write};
 use std::path::{Path as FsPath, PathBuf};
 
 use crate::hash::Sha256State;
 use crate::writeback::Writeback;
-use crate::{storage, Error, UploadState};
+use crate::{lost, storage, Error, UploadState};
 use bytes::Bytes;
 use futures_util::stream::{Stream, StreamExt};
 use oci::Digest;
@@ -21,6 +32,33 @@ const WRITE_BUFFER: usize = 1024 * 1024;
 const BATCH_BYTES: usize = 256 * 1024;
 const BATCHES_IN_FLIGHT: usize = 8;
 
+/// Opens the staging file to write at `offset`, dropping what a failed request left past it.
+/// Only a session at offset 0 may create the file: any other offset stands for bytes that
+/// must already be in it.
+fn open_staging(path: &FsPath, offset: u64) -> Result<std::fs::File, Error> {
+    let gone = || {
+        lost(format!(
+            "the first {offset} bytes of upload {} are no longer staged",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        ))
+    };
+    let file = match std::fs::OpenOptions::new()
+        .create(offset == 0)
+        .truncate(false)
+        .write(true)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(err) if err.kind() == ErrorKind::NotFound => return Err(gone()),
+        Err(err) => return Err(storage(err)),
+    };
+    if file.metadata().map_err(storage)?.len() < offset {
+        return Err(gone());
+    }
+    file.set_len(offset).map_err(storage)?;
+    Ok(file)
+}
+
 /// Hashes and writes every chunk `received` at `offset` onwards, starting writeback as it
 /// goes, then syncs the data.
 fn write_staging(
@@ -29,13 +67,7 @@ fn write_staging(
     mut hash: Sha256State,
     mut received: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
 ) -> Result<(u64, Sha256State), Error> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(storage)?;
-    file.set_len(offset).map_err(storage)?;
+    let file = open_staging(path, offset)?;
     let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, file);
     out.seek(SeekFrom::Start(offset)).map_err(storage)?;
     let mut written = 0u64;
@@ -71,13 +103,15 @@ impl LocalStaging {
 
     /// Writes `body` at `offset` and syncs it; bytes past `offset` left by a failed chunk are
     /// dropped first. The body is received here while a blocking thread hashes and writes the
-    /// previous chunks, so receiving, hashing and writing overlap.
+    /// previous chunks, so receiving, hashing and writing overlap. The thread owns `claim`
+    /// until it exits: if this future is dropped, the thread still writes what was queued.
     pub async fn append<S, E>(
         &self,
         session: &str,
         offset: u64,
         state: &mut UploadState,
         body: S,
+        claim: impl Send + 'static,
     ) -> Result<u64, Error>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
@@ -86,8 +120,12 @@ impl LocalStaging {
         let path = self.staging_path(session);
         let (batches, received) = tokio::sync::mpsc::channel::<Vec<Bytes>>(BATCHES_IN_FLIGHT);
         let hash = state.hash.clone();
-        let writer =
-            tokio::task::spawn_blocking(move || write_staging(&path, offset, hash, received));
+        let writer = tokio::task::spawn_blocking(move || {
+            let written = write_staging(&path, offset, hash, received);
+            // Only now can nothing this request started touch the file any more.
+            drop(claim);
+            written
+        });
         let mut body = std::pin::pin!(body);
         let mut failed = None;
         // Chunks travel in batches: one hand-over (a thread wake-up) per BATCH_BYTES, not per
@@ -131,9 +169,10 @@ impl LocalStaging {
         Ok(written)
     }
 
-    /// Moves `size` verified bytes into place at `target`. Committing bytes that are already
-    /// stored replaces them with identical bytes, so concurrent pushes of one blob both
-    /// succeed; a retried commit whose first attempt already moved the bytes succeeds.
+    /// Moves `size` verified bytes into place at `target`, unless a blob file is already
+    /// there: that one holds the same verified bytes and is kept, and the staged copy is
+    /// dropped. So concurrent pushes of one blob both succeed, and a retried commit whose
+    /// first attempt already moved the bytes succeeds.
     pub async fn commit(&self, session: &str, target: &FsPath, size: u64) -> Result<(), Error> {
         let staging = self.staging_path(session);
         match tokio::fs::OpenOptions::new()
@@ -146,17 +185,14 @@ impl LocalStaging {
                 file.set_len(size).await.map_err(storage)?;
                 file.sync_all().await.map_err(storage)?;
             }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                if tokio::fs::metadata(target)
-                    .await
-                    .is_ok_and(|meta| meta.len() == size)
-                {
-                    return Ok(());
-                }
+            Err(err) if err.kind() == ErrorKind::NotFound => {
                 if size != 0 {
-                    return Err(Error::Storage(format!(
-                        "the staged bytes of upload {session} are missing"
-                    )));
+                    return match stored_size(target).await? {
+                        Some(stored) if stored == size => Ok(()),
+                        _ => Err(lost(format!(
+                            "the staged bytes of upload {session} are missing"
+                        ))),
+                    };
                 }
                 tokio::fs::File::create(&staging)
                     .await
@@ -171,26 +207,245 @@ impl LocalStaging {
             .parent()
             .ok_or_else(|| Error::Storage("blob path has no parent".into()))?;
         tokio::fs::create_dir_all(parent).await.map_err(storage)?;
-        tokio::fs::rename(&staging, target).await.map_err(storage)?;
-        // The rename is durable only once the directory entry is.
+        // A link, unlike a rename, never replaces what is there.
+        match tokio::fs::hard_link(&staging, target).await {
+            Ok(()) => {}
+            Err(err) if err.kind() == ErrorKind::AlreadyExists => {
+                let stored = stored_size(target).await?;
+                if stored != Some(size) {
+                    return Err(Error::Storage(format!(
+                        "{} holds {stored:?} bytes, not the {size} of its digest; left alone",
+                        target.display()
+                    )));
+                }
+            }
+            Err(err) => return Err(storage(err)),
+        }
+        // The link is durable only once the directory entry is; only then may the staged
+        // name go.
         tokio::fs::File::open(parent)
             .await
             .map_err(storage)?
             .sync_all()
             .await
-            .map_err(storage)
+            .map_err(storage)?;
+        self.abort(session).await
     }
 
     /// Discards the session's staged bytes (idempotent).
     pub async fn abort(&self, session: &str) -> Result<(), Error> {
         match tokio::fs::remove_file(self.staging_path(session)).await {
             Ok(()) => Ok(()),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(err) if err.kind() == ErrorKind::NotFound => Ok(()),
             Err(err) => Err(storage(err)),
         }
     }
 
     pub fn blob_file(&self, digest: &Digest) -> PathBuf {
         self.root.join(crate::blob_path(digest).as_ref())
+    }
+}
+
+/// The size of the file at `path`, if there is one.
+async fn stored_size(path: &FsPath) -> Result<Option<u64>, Error> {
+    match tokio::fs::metadata(path).await {
+        Ok(meta) => Ok(Some(meta.len())),
+        Err(err) if err.kind() == ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(storage(err)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::Arc;
+
+    use futures_util::stream;
+    use tokio::sync::oneshot;
+
+    use super::BATCH_BYTES;
+    use crate::{BlobStore, Error, UploadState};
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+
+    fn body(bytes: &'static [u8]) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
+        stream::iter([Ok(Bytes::from_static(bytes))])
+    }
+
+    fn empty() -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
+        stream::iter(Vec::new())
+    }
+
+    /// `hello` staged for `session` at offset 5, as a PATCH leaves it.
+    async fn staged_hello(store: &BlobStore, session: &str) -> UploadState {
+        let mut state = UploadState::new();
+        store
+            .append(session, 0, &mut state, body(b"hello"), ())
+            .await
+            .expect("append");
+        state
+    }
+
+    #[tokio::test]
+    async fn a_session_whose_staged_file_is_gone_is_lost_not_refilled() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = BlobStore::local(dir.path()).expect("store");
+        let state = staged_hello(&store, "s").await;
+        let finishing = store
+            .finish("s", 5, &state, empty(), ())
+            .await
+            .expect("finish");
+        let digest = finishing.digest.clone();
+        let blob = dir.path().join(format!(
+            "blobs/sha256/{}/{}",
+            &digest.hex()[..2],
+            digest.hex()
+        ));
+        store.commit(finishing).await.expect("commit");
+
+        // The first PUT committed, then failed before the session went: the record still says
+        // five bytes are staged. Neither a PATCH nor a PUT may stand in zeros for them.
+        let mut again = state.clone();
+        assert!(matches!(
+            store.append("s", 5, &mut again, body(b"!"), ()).await,
+            Err(Error::Lost(_))
+        ));
+        assert!(matches!(
+            store.finish("s", 5, &state, empty(), ()).await,
+            Err(Error::Lost(_))
+        ));
+        assert_eq!(std::fs::read(&blob).expect("blob"), b"hello");
+        assert!(
+            !dir.path().join("uploads/s").exists(),
+            "no staging file was created"
+        );
+
+        // A staging file shorter than the record is just as lost.
+        let state = staged_hello(&store, "short").await;
+        std::fs::write(dir.path().join("uploads/short"), b"hel").expect("shorten");
+        assert!(matches!(
+            store.finish("short", 5, &state, empty(), ()).await,
+            Err(Error::Lost(_))
+        ));
+        assert_eq!(
+            std::fs::read(dir.path().join("uploads/short")).expect("staged"),
+            b"hel",
+            "a lost staging file is not touched"
+        );
+    }
+
+    #[tokio::test]
+    async fn committing_keeps_a_stored_blob_and_drops_the_staged_copy() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = BlobStore::local(dir.path()).expect("store");
+        let first = store
+            .finish("one", 0, &UploadState::new(), body(b"same bytes"), ())
+            .await
+            .expect("finish");
+        let digest = first.digest.clone();
+        let blob = dir.path().join(format!(
+            "blobs/sha256/{}/{}",
+            &digest.hex()[..2],
+            digest.hex()
+        ));
+        store.commit(first).await.expect("commit");
+        let stored = std::fs::metadata(&blob).expect("blob").ino();
+
+        let second = store
+            .finish("two", 0, &UploadState::new(), body(b"same bytes"), ())
+            .await
+            .expect("finish");
+        store
+            .commit(second)
+            .await
+            .expect("a second commit succeeds");
+        assert_eq!(
+            std::fs::metadata(&blob).expect("blob").ino(),
+            stored,
+            "the stored file was not replaced"
+        );
+        assert!(!dir.path().join("uploads/two").exists());
+
+        // A stored file of the wrong size is reported, not overwritten.
+        std::fs::write(&blob, b"rot").expect("damage");
+        let third = store
+            .finish("three", 0, &UploadState::new(), body(b"same bytes"), ())
+            .await
+            .expect("finish");
+        assert!(matches!(store.commit(third).await, Err(Error::Storage(_))));
+        assert_eq!(std::fs::read(&blob).expect("blob"), b"rot");
+    }
+
+    /// A chunk whose memory is released by the writing thread once it wrote it: the drop says
+    /// so, then blocks the thread until the test lets it go.
+    struct Gate {
+        bytes: Vec<u8>,
+        entered: Option<oneshot::Sender<()>>,
+        release: std::sync::mpsc::Receiver<()>,
+    }
+
+    impl AsRef<[u8]> for Gate {
+        fn as_ref(&self) -> &[u8] {
+            &self.bytes
+        }
+    }
+
+    impl Drop for Gate {
+        fn drop(&mut self) {
+            if let Some(entered) = self.entered.take() {
+                let _ = entered.send(());
+            }
+            let _ = self.release.recv();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_request_keeps_its_claim_until_its_writing_thread_exits() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(BlobStore::local(dir.path()).expect("store"));
+        let (entered, in_thread) = oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel();
+        // One full batch, so it is handed over at once, then a client that goes quiet.
+        let gate = Bytes::from_owner(Gate {
+            bytes: vec![b'a'; BATCH_BYTES],
+            entered: Some(entered),
+            release: released,
+        });
+        let quiet = stream::iter([Ok::<_, Infallible>(gate)]).chain(stream::pending());
+        // The claim is a sender: its receiver sees when it is dropped.
+        let (claim, mut claimed) = oneshot::channel::<()>();
+        let request = tokio::spawn({
+            let store = Arc::clone(&store);
+            async move {
+                let mut state = UploadState::new();
+                store.append("gated", 0, &mut state, quiet, claim).await
+            }
+        });
+        in_thread.await.expect("the writing thread holds the chunk");
+        request.abort();
+        assert!(request.await.expect_err("cancelled").is_cancelled());
+
+        assert_eq!(
+            claimed.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty),
+            "the request is gone, but its thread still writes: the session stays claimed"
+        );
+        release.send(()).expect("release the thread");
+        assert!(
+            claimed.await.is_err(),
+            "the claim is dropped when the thread exits"
+        );
+
+        // The next writer has the file to itself.
+        let mut state = UploadState::new();
+        store
+            .append("gated", 0, &mut state, body(b"mine"), ())
+            .await
+            .expect("append");
+        assert_eq!(
+            std::fs::read(dir.path().join("uploads/gated")).expect("staged"),
+            b"mine"
+        );
     }
 }

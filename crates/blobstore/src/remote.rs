@@ -16,6 +16,14 @@
 //! - Parts are numbered after the recorded ones. Two requests racing from one offset write
 //!   the same part numbers; the loser's bytes cannot slip into the blob because completion
 //!   names each part by the content id (ETag) the winner recorded, which the store checks.
+//! - A recorded tail or part that is gone is `Error::Lost`, never replaced.
+//! - `commit` leaves a blob that is already stored alone. (Object stores offer no portable
+//!   "create only" copy, so two commits racing past that check may both write; both write
+//!   the same verified bytes.)
+//! - Aborting removes every object under the session's prefix, recorded or not (tails of
+//!   requests that were dropped before they could clean up). A multipart upload created by a
+//!   request that was dropped before the record held it cannot be listed through
+//!   `object_store`; the bucket's lifecycle rule for incomplete multipart uploads removes it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -29,7 +37,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use oci::Digest;
 
 use crate::state::{Part, Staged, Tail};
-use crate::{blob_path, unavailable, Error, UploadState};
+use crate::{blob_path, lost, unavailable, Error, UploadState};
 
 /// The smallest part S3 accepts (all but the last part of an upload).
 pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
@@ -101,6 +109,16 @@ fn tail_path(session: &str, key: &str) -> Path {
 
 fn fresh_key() -> String {
     uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// A recorded object that is gone is lost; anything else is the store failing.
+fn recorded(session: &str, err: object_store::Error) -> Error {
+    match err {
+        object_store::Error::NotFound { path, .. } => {
+            lost(format!("{path}, staged for upload {session}, is gone"))
+        }
+        err => unavailable(err),
+    }
 }
 
 /// Deleting or aborting what is already gone succeeds.
@@ -227,7 +245,7 @@ impl RemoteStaging {
             .objects
             .get(&tail_path(session, &tail.key))
             .await
-            .map_err(unavailable)?
+            .map_err(|err| recorded(session, err))?
             .bytes()
             .await
             .map_err(unavailable)?;
@@ -281,10 +299,30 @@ impl RemoteStaging {
         Ok(())
     }
 
-    /// Assembles the verified blob under its digest and removes the session's objects.
-    pub async fn commit(&self, session: &str, held: Held, digest: &Digest) -> Result<(), Error> {
+    /// Assembles the verified blob of `size` bytes under its digest, unless it is already
+    /// stored, and removes the session's objects.
+    pub async fn commit(
+        &self,
+        session: &str,
+        held: Held,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), Error> {
         let Held { staged, mut last } = held;
         let target = blob_path(digest);
+        match self.objects.head(&target).await {
+            Ok(stored) if stored.size == size => {
+                return self.release_all(session, &staged, &Staged::default()).await;
+            }
+            Ok(stored) => {
+                return Err(Error::Storage(format!(
+                    "{target} holds {} bytes, not the {size} of its digest; left alone",
+                    stored.size
+                )))
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(err) => return Err(unavailable(err)),
+        }
         match (&self.multipart, &staged.multipart) {
             (Some(multipart), Some(upload)) => {
                 let path = data_path(session);
@@ -355,7 +393,7 @@ impl RemoteStaging {
                 .objects
                 .get(&part_path(session, &part.id))
                 .await
-                .map_err(unavailable)?
+                .map_err(|err| recorded(session, err))?
                 .into_stream()
                 .map_err(unavailable);
             while let Some(chunk) = stream.try_next().await? {
@@ -370,9 +408,23 @@ impl RemoteStaging {
         Ok(())
     }
 
-    /// Removes everything `state` stages (idempotent).
+    /// Removes everything `state` stages, and every other object under the session's prefix
+    /// (idempotent).
     pub async fn abort(&self, session: &str, staged: &Staged) -> Result<(), Error> {
-        self.release_all(session, staged, &Staged::default()).await
+        self.release_all(session, staged, &Staged::default())
+            .await?;
+        let prefix = Path::from(format!("uploads/{session}"));
+        let names: Vec<Path> = self
+            .objects
+            .list(Some(&prefix))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        for name in names {
+            gone_is_fine(self.objects.delete(&name).await)?;
+        }
+        Ok(())
     }
 
     /// Best effort: removes what `from` stages and `to` does not.

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use object_store::path::Path;
+use object_store::ObjectStoreExt;
 use sha2::Digest as _;
 
 use crate::testing::S3Server;
@@ -58,7 +59,7 @@ async fn staged_objects(store: &BlobStore, session: &str) -> Vec<String> {
 async fn append(store: &BlobStore, session: &str, state: &mut UploadState, bytes: &[u8]) {
     let before = state.clone();
     let written = store
-        .append(session, before.length(), state, body(bytes))
+        .append(session, before.length(), state, body(bytes), ())
         .await
         .expect("append");
     assert_eq!(written, bytes.len() as u64);
@@ -74,6 +75,7 @@ async fn uploads_on_a_real_s3_server() {
     a_failed_chunk_changes_nothing_recorded(&server).await;
     a_racing_request_cannot_slip_its_bytes_into_the_blob(&server).await;
     a_wrong_digest_removes_everything_staged(&server).await;
+    a_stored_blob_is_never_rewritten_and_lost_bytes_are_not_replaced(&server).await;
     a_single_node_copies_its_blobs_into_the_bucket(&server).await;
     an_outage_is_reported_as_unavailable(server).await;
 }
@@ -82,7 +84,7 @@ async fn small_blob_in_one_request_with_ranges_and_a_presigned_url(server: &S3Se
     let store = BlobStore::remote(&server.settings()).expect("store");
     let bytes = data(100 * 1024, 1);
     let finishing = store
-        .finish("small", 0, &UploadState::new(), body(&bytes))
+        .finish("small", 0, &UploadState::new(), body(&bytes), ())
         .await
         .expect("finish");
     assert_eq!(finishing.digest, digest_of(&bytes));
@@ -122,7 +124,7 @@ async fn small_blob_in_one_request_with_ranges_and_a_presigned_url(server: &S3Se
     );
 
     let empty = store
-        .finish("empty", 0, &UploadState::new(), body(&[]))
+        .finish("empty", 0, &UploadState::new(), body(&[]), ())
         .await
         .expect("finish");
     let empty_digest = empty.digest.clone();
@@ -153,6 +155,7 @@ async fn chunks_of_any_size_become_uniform_parts_and_one_tail(server: &S3Server)
             state.length(),
             &state,
             body(&bytes[bytes.len() - 10..]),
+            (),
         )
         .await
         .expect("finish");
@@ -182,6 +185,7 @@ async fn another_replica_continues_and_finishes_a_session(server: &S3Server) {
             state.length(),
             &state,
             body(&bytes[MIN_PART_SIZE + MIB..]),
+            (),
         )
         .await
         .expect("finish on b");
@@ -206,7 +210,7 @@ async fn a_failed_chunk_changes_nothing_recorded(server: &S3Server) {
     let garbage = data(MIN_PART_SIZE + MIB, 99);
     let failing = body(&garbage).chain(stream::iter(vec![Err("connection reset".to_owned())]));
     let result = store
-        .append("failing", state.length(), &mut state, failing)
+        .append("failing", state.length(), &mut state, failing, ())
         .await;
     assert!(matches!(result, Err(Error::Body(_))), "{:?}", result.err());
     assert_eq!(state, before, "the state is untouched");
@@ -217,7 +221,7 @@ async fn a_failed_chunk_changes_nothing_recorded(server: &S3Server) {
     );
     append(&store, "failing", &mut state, &bytes[MIB..]).await;
     let finishing = store
-        .finish("failing", state.length(), &state, body(&[]))
+        .finish("failing", state.length(), &state, body(&[]), ())
         .await
         .expect("finish");
     assert_eq!(finishing.digest, digest_of(&bytes));
@@ -237,19 +241,19 @@ async fn a_racing_request_cannot_slip_its_bytes_into_the_blob(server: &S3Server)
     let loser_bytes = data(MIN_PART_SIZE, 7);
     let mut winner = state.clone();
     store
-        .append("race", state.length(), &mut winner, body(&winner_bytes))
+        .append("race", state.length(), &mut winner, body(&winner_bytes), ())
         .await
         .expect("winner");
     let mut loser = state.clone();
     store
-        .append("race", state.length(), &mut loser, body(&loser_bytes))
+        .append("race", state.length(), &mut loser, body(&loser_bytes), ())
         .await
         .expect("loser");
     store.release("race", &loser, &state).await;
     store.release("race", &state, &winner).await;
 
     let finishing = store
-        .finish("race", winner.length(), &winner, body(&[]))
+        .finish("race", winner.length(), &winner, body(&[]), ())
         .await
         .expect("finish");
     let expected = [start.as_slice(), winner_bytes.as_slice()].concat();
@@ -280,6 +284,7 @@ async fn a_wrong_digest_removes_everything_staged(server: &S3Server) {
             state.length(),
             &state,
             body(&bytes[MIN_PART_SIZE + 10..]),
+            (),
         )
         .await
         .expect("finish");
@@ -295,6 +300,79 @@ async fn a_wrong_digest_removes_everything_staged(server: &S3Server) {
     ));
 }
 
+async fn a_stored_blob_is_never_rewritten_and_lost_bytes_are_not_replaced(server: &S3Server) {
+    let store = BlobStore::remote(&server.settings()).expect("store");
+    // Whatever a blob path holds stays: here a stand-in of the right size, so that a rewrite
+    // would show.
+    for (session, len) in [
+        ("stored-small", 1000),
+        ("stored-parted", MIN_PART_SIZE + 10),
+    ] {
+        let bytes = data(len, 10);
+        let digest = digest_of(&bytes);
+        let stand_in = data(len, 11);
+        store
+            .objects
+            .put(&crate::blob_path(&digest), stand_in.clone().into())
+            .await
+            .expect("store a stand-in");
+        let mut state = UploadState::new();
+        append(&store, session, &mut state, &bytes[..len - 10]).await;
+        let finishing = store
+            .finish(
+                session,
+                state.length(),
+                &state,
+                body(&bytes[len - 10..]),
+                (),
+            )
+            .await
+            .expect("finish");
+        assert_eq!(finishing.digest, digest);
+        store.commit(finishing).await.expect("commit");
+        assert_eq!(
+            read_all(&store, &digest).await,
+            stand_in,
+            "the stored object was not rewritten"
+        );
+        assert!(
+            staged_objects(&store, session).await.is_empty(),
+            "the staged copy is gone"
+        );
+    }
+
+    // A recorded tail that is gone is lost, not an outage to retry.
+    let mut state = UploadState::new();
+    append(&store, "lost", &mut state, &data(1000, 12)).await;
+    for name in staged_objects(&store, "lost").await {
+        store
+            .objects
+            .delete(&Path::from(name))
+            .await
+            .expect("delete");
+    }
+    assert!(matches!(
+        store
+            .finish("lost", state.length(), &state, body(b"more"), ())
+            .await,
+        Err(Error::Lost(_))
+    ));
+
+    // Aborting removes what the record never held, such as a dropped request's tail.
+    let mut state = UploadState::new();
+    append(&store, "strays", &mut state, &data(1000, 13)).await;
+    store
+        .objects
+        .put(
+            &Path::from("uploads/strays/tail-dropped"),
+            Bytes::from_static(b"stray").into(),
+        )
+        .await
+        .expect("a stray tail");
+    store.abort("strays", &state).await.expect("abort");
+    assert!(staged_objects(&store, "strays").await.is_empty());
+}
+
 async fn a_single_node_copies_its_blobs_into_the_bucket(server: &S3Server) {
     let dir = tempfile::tempdir().expect("temp dir");
     let local = BlobStore::local(dir.path()).expect("local store");
@@ -302,7 +380,13 @@ async fn a_single_node_copies_its_blobs_into_the_bucket(server: &S3Server) {
     for (n, len) in [0usize, 1000, MIN_PART_SIZE + 7].into_iter().enumerate() {
         let bytes = data(len, 20 + n as u8);
         let finishing = local
-            .finish(&format!("copy-{n}"), 0, &UploadState::new(), body(&bytes))
+            .finish(
+                &format!("copy-{n}"),
+                0,
+                &UploadState::new(),
+                body(&bytes),
+                (),
+            )
             .await
             .expect("finish");
         digests.push((finishing.digest.clone(), bytes));
@@ -339,7 +423,7 @@ async fn an_outage_is_reported_as_unavailable(mut server: S3Server) {
     let store = BlobStore::remote(&server.settings()).expect("store");
     let bytes = data(1000, 9);
     let finishing = store
-        .finish("outage", 0, &UploadState::new(), body(&bytes))
+        .finish("outage", 0, &UploadState::new(), body(&bytes), ())
         .await
         .expect("finish");
     let digest = finishing.digest.clone();
@@ -352,7 +436,7 @@ async fn an_outage_is_reported_as_unavailable(mut server: S3Server) {
     let mut state = UploadState::new();
     assert!(matches!(
         store
-            .append("outage-2", 0, &mut state, body(&data(MIN_PART_SIZE, 1)))
+            .append("outage-2", 0, &mut state, body(&data(MIN_PART_SIZE, 1)), ())
             .await,
         Err(Error::Unavailable(_))
     ));

@@ -73,6 +73,9 @@ impl From<blobstore::Error> for Error {
             }
             blobstore::Error::Unavailable(text) => Error::Unavailable(text),
             blobstore::Error::Storage(text) => Error::Internal(text),
+            blobstore::Error::Lost(text) => {
+                Error::UploadInvalid(format!("{text}; start the upload again"))
+            }
         }
     }
 }

@@ -12,13 +12,20 @@
 //! Invariants:
 //! - A session has one writer at a time in this process. Two requests writing one local
 //!   staging file could leave it holding one request's bytes while the session record holds
-//!   the other's hash; the record's compare-and-swap alone cannot see that.
+//!   the other's hash; the record's compare-and-swap alone cannot see that. The claim is
+//!   shared with the blob store's writing thread and lasts until that thread exits, so a
+//!   request the client abandoned keeps the session until its queued bytes are written.
+//! - Bytes a session's record stands for are never invented: when its staged bytes are gone
+//!   (`blobstore::Error::Lost`), the session is discarded and the client starts again.
+//! - A blob already stored is never written again: finishing an upload of it only hashes the
+//!   last bytes to prove the session's content. So a retried `PUT` whose first attempt
+//!   committed the bytes but failed before deleting the session completes it.
 //! - Across replicas (object-store staging) the record's compare-and-swap decides: each
 //!   request stages under names the record does not hold yet, and the request whose advance
 //!   loses removes what it staged.
 
 use std::collections::HashSet;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use blobstore::UploadState;
@@ -36,24 +43,32 @@ pub struct UploadStatus {
     pub offset: u64,
 }
 
-/// The upload sessions a request of this process is writing to.
-#[derive(Debug, Default)]
-pub(crate) struct Writers(Mutex<HashSet<uuid::Uuid>>);
+/// The upload sessions a request of this process (or a thread it started) is writing to.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Writers(Arc<Mutex<HashSet<uuid::Uuid>>>);
 
 impl Writers {
-    fn claim(&self, id: uuid::Uuid) -> Option<Writing<'_>> {
+    fn claim(&self, id: uuid::Uuid) -> Option<Arc<Writing>> {
         let mut writing = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        writing.insert(id).then(|| Writing { writers: self, id })
+        writing.insert(id).then(|| {
+            Arc::new(Writing {
+                writers: self.clone(),
+                id,
+            })
+        })
     }
 }
 
-/// Proof that this request is the session's only writer; dropping it lets the next one in.
-struct Writing<'a> {
-    writers: &'a Writers,
+/// Proof of being the session's only writer, shared by the request and the blob store's
+/// writing thread (which outlives a dropped request); the last holder's drop lets the next
+/// writer in.
+#[derive(Debug)]
+struct Writing {
+    writers: Writers,
     id: uuid::Uuid,
 }
 
-impl Drop for Writing<'_> {
+impl Drop for Writing {
     fn drop(&mut self) {
         let mut writing = self
             .writers
@@ -127,15 +142,23 @@ impl Registry {
                 "a plain upload start mounted a blob".into(),
             ));
         };
-        self.finish_upload(
-            repository,
-            &status.id.to_string(),
-            digest,
-            None,
-            body,
-            owner,
-        )
-        .await
+        let finished = self
+            .finish_upload(
+                repository,
+                &status.id.to_string(),
+                digest,
+                None,
+                body,
+                owner,
+            )
+            .await;
+        if finished.is_err() {
+            // The client never learned of this session, so it can neither retry nor cancel
+            // it. This request staged at most what a fresh state names (on local disk, the
+            // session's file; in an object store, objects under its prefix).
+            self.discard(status.id, &UploadState::new()).await;
+        }
+        finished
     }
 
     /// The session, if it exists in `repository` and belongs to `owner`; anyone else is told it
@@ -170,7 +193,7 @@ impl Registry {
         repository: &RepositoryName,
         id: &str,
         owner: &str,
-    ) -> Result<(Writing<'_>, UploadRecord), Error> {
+    ) -> Result<(Arc<Writing>, UploadRecord), Error> {
         let uuid = uuid::Uuid::try_parse(id).map_err(|_| Error::UploadUnknown(id.to_owned()))?;
         let writing = self.writers.claim(uuid);
         // An unknown session is reported as such even while someone else writes it.
@@ -210,8 +233,8 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let (_writing, record) = self.session_to_write(repository, id, owner).await?;
-        let offset = self.append(&record, range, body).await?;
+        let (writing, record) = self.session_to_write(repository, id, owner).await?;
+        let offset = self.append(&record, range, body, writing.clone()).await?;
         Ok(UploadStatus {
             id: record.id,
             offset,
@@ -223,6 +246,7 @@ impl Registry {
         record: &UploadRecord,
         range: Option<ByteRange>,
         body: S,
+        writing: Arc<Writing>,
     ) -> Result<u64, Error>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
@@ -232,10 +256,14 @@ impl Registry {
         let before = Self::state(record)?;
         let mut state = before.clone();
         let session = record.id.to_string();
-        let written = self
+        let written = match self
             .blobs
-            .append(&session, record.offset, &mut state, body)
-            .await?;
+            .append(&session, record.offset, &mut state, body, writing)
+            .await
+        {
+            Ok(written) => written,
+            Err(err) => return Err(self.failed(record, &before, err).await),
+        };
         if let Err(err) = Self::check_length(range, written) {
             self.blobs.release(&session, &state, &before).await;
             return Err(err);
@@ -272,6 +300,21 @@ impl Registry {
         }
     }
 
+    /// A staging failure, as the client sees it. A session whose staged bytes are lost can
+    /// never finish: it is discarded rather than left to fail every request until it expires.
+    async fn failed(
+        &self,
+        record: &UploadRecord,
+        staged: &UploadState,
+        err: blobstore::Error,
+    ) -> Error {
+        if let blobstore::Error::Lost(text) = &err {
+            tracing::warn!(upload = %record.id, "discarding upload {}: {text}", record.id);
+            self.discard(record.id, staged).await;
+        }
+        err.into()
+    }
+
     fn state(record: &UploadRecord) -> Result<UploadState, Error> {
         UploadState::decode(&record.hash_state, &record.storage_state)
             .map_err(|err| Error::Internal(format!("upload {}: {err}", record.id)))
@@ -300,7 +343,9 @@ impl Registry {
     }
 
     /// Completes an upload with an optional last chunk, checks the digest and links the blob.
-    /// A digest mismatch cancels the upload: its bytes are not kept under any name.
+    /// A digest mismatch cancels the upload: its bytes are not kept under any name. Finishing
+    /// is idempotent: when the blob is already stored (by another upload, or by this one's
+    /// earlier attempt), the content is proven by its hash alone and the stored blob linked.
     pub async fn finish_upload<S, E>(
         &self,
         repository: &RepositoryName,
@@ -314,7 +359,7 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let (_writing, record) = self.session_to_write(repository, id, owner).await?;
+        let (writing, record) = self.session_to_write(repository, id, owner).await?;
         let before = Self::state(&record)?;
         if digest.algorithm() != Algorithm::Sha256 {
             self.discard(record.id, &before).await;
@@ -323,11 +368,20 @@ impl Registry {
             )));
         }
         Self::check_start(&record, range)?;
+        if let Some(stored) = self.blobs.stored_size(digest).await? {
+            return self
+                .finish_stored(repository, &record, &before, digest, stored, range, body)
+                .await;
+        }
         let session = record.id.to_string();
-        let finishing = self
+        let finishing = match self
             .blobs
-            .finish(&session, record.offset, &before, body)
-            .await?;
+            .finish(&session, record.offset, &before, body, writing.clone())
+            .await
+        {
+            Ok(finishing) => finishing,
+            Err(err) => return Err(self.failed(&record, &before, err).await),
+        };
         if let Err(err) = Self::check_length(range, finishing.written) {
             self.blobs
                 .release(&session, &finishing.state, &before)
@@ -335,21 +389,70 @@ impl Registry {
             return Err(err);
         }
         if finishing.digest != *digest {
-            let actual = finishing.digest.clone();
             // The finishing state holds everything the record's state staged, and more.
             self.discard(record.id, &finishing.state).await;
-            return Err(Error::DigestInvalid(format!(
-                "the uploaded content has digest {actual}, not {digest}"
-            )));
+            return Err(Self::mismatch(&finishing.digest, digest));
         }
         let size = finishing.size;
-        self.blobs.commit(finishing).await?;
+        let staged = finishing.state.clone();
+        if let Err(err) = self.blobs.commit(finishing).await {
+            return Err(self.failed(&record, &staged, err).await);
+        }
         self.metadata
             .link_blob(repository, digest, size, now())
             .await?;
         self.metadata.delete_upload(record.id).await?;
         tracing::info!(repository = %repository, digest = %digest, size, "pushed blob {digest} to {repository}");
         Ok(())
+    }
+
+    /// Finishes an upload of a blob that is already stored: the last bytes are hashed, not
+    /// staged, which proves the session's content is that blob (the hash state stands for
+    /// every byte received before), and the stored blob is linked; the session's own staged
+    /// bytes are dropped. Nothing here writes a blob path.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the finishing request's parts, as `finish_upload` received them"
+    )]
+    async fn finish_stored<S, E>(
+        &self,
+        repository: &RepositoryName,
+        record: &UploadRecord,
+        before: &UploadState,
+        digest: &Digest,
+        stored: u64,
+        range: Option<ByteRange>,
+        body: S,
+    ) -> Result<(), Error>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let hashed = blobstore::hash_rest(before, body).await?;
+        Self::check_length(range, hashed.written)?;
+        if hashed.digest != *digest {
+            self.discard(record.id, before).await;
+            return Err(Self::mismatch(&hashed.digest, digest));
+        }
+        if hashed.size != stored {
+            return Err(Error::Internal(format!(
+                "blob {digest} is stored with {stored} bytes, but its content has {}",
+                hashed.size
+            )));
+        }
+        self.metadata
+            .link_blob(repository, digest, stored, now())
+            .await?;
+        self.blobs.abort(&record.id.to_string(), before).await?;
+        self.metadata.delete_upload(record.id).await?;
+        tracing::info!(repository = %repository, digest = %digest, size = stored, "pushed blob {digest} to {repository} (already stored)");
+        Ok(())
+    }
+
+    fn mismatch(actual: &Digest, claimed: &Digest) -> Error {
+        Error::DigestInvalid(format!(
+            "the uploaded content has digest {actual}, not {claimed}"
+        ))
     }
 
     pub async fn cancel_upload(
@@ -389,6 +492,11 @@ impl Registry {
             let stale = self.metadata.claim_stale_uploads(cutoff, time, 100).await?;
             let batch = stale.len();
             for record in stale {
+                // A session this process is writing is not stale, whatever its record says;
+                // removing its bytes under the writer would lose them.
+                let Some(_writing) = self.writers.claim(record.id.0) else {
+                    continue;
+                };
                 self.blobs
                     .abort(&record.id.to_string(), &Self::state(&record)?)
                     .await?;
@@ -404,5 +512,297 @@ impl Registry {
     /// How long to wait between two expiry sweeps.
     pub fn expiry_interval(&self) -> Duration {
         (self.limits.upload_expiry / 10).clamp(Duration::from_secs(1), Duration::from_secs(600))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::path::PathBuf;
+
+    use blobstore::{BlobStore, Sha256State};
+    use futures_util::stream::{self, StreamExt};
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::Limits;
+
+    const OWNER: &str = "alice";
+
+    async fn registry() -> (Arc<Registry>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = metadata_sqlite::SqliteStore::open(&dir.path().join("metadata.db"))
+            .await
+            .expect("metadata");
+        let blobs = BlobStore::local(&dir.path().join("storage")).expect("blobs");
+        let registry = Registry::new(Arc::new(store), blobs, Limits::default());
+        (Arc::new(registry), dir)
+    }
+
+    fn repository() -> RepositoryName {
+        "team/app".parse().expect("name")
+    }
+
+    fn body(bytes: &'static [u8]) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
+        stream::iter([Ok(Bytes::from_static(bytes))])
+    }
+
+    fn digest_of(bytes: &[u8]) -> Digest {
+        let mut hash = Sha256State::new();
+        hash.update(bytes);
+        hash.finish()
+    }
+
+    fn blob_file(dir: &tempfile::TempDir, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        dir.path()
+            .join(format!("storage/blobs/sha256/{}/{hex}", &hex[..2]))
+    }
+
+    fn staging_file(dir: &tempfile::TempDir, id: UploadId) -> PathBuf {
+        dir.path().join(format!("storage/uploads/{id}"))
+    }
+
+    async fn start(registry: &Registry) -> UploadId {
+        match registry.start_upload(&repository(), None, OWNER).await {
+            Ok(UploadStart::Session(status)) => status.id,
+            other => panic!("no session: {other:?}"),
+        }
+    }
+
+    /// Every session the metadata store still holds.
+    async fn sessions(registry: &Registry) -> usize {
+        registry
+            .metadata
+            .claim_stale_uploads(i64::MAX, now(), 100)
+            .await
+            .expect("sessions")
+            .len()
+    }
+
+    #[tokio::test]
+    async fn a_retried_put_after_the_blob_was_committed_links_it_and_leaves_its_bytes_alone() {
+        let (registry, dir) = registry().await;
+        // The session's bytes so far, and what the finishing PUT carries.
+        for (patched, last) in [(&b"hello"[..], &b""[..]), (b"hel", b"lo")] {
+            let id = start(&registry).await;
+            let repo = repository();
+            registry
+                .append_upload(&repo, &id.to_string(), None, body(patched), OWNER)
+                .await
+                .expect("patch");
+            let whole = [patched, last].concat();
+            let digest = digest_of(&whole);
+            // The first PUT got as far as putting the bytes under the digest, then the
+            // metadata store failed: the session's record survives, its staged file does not.
+            let record = registry
+                .metadata
+                .upload(id)
+                .await
+                .expect("read")
+                .expect("session");
+            let state = Registry::state(&record).expect("state");
+            let finishing = registry
+                .blobs
+                .finish(&id.to_string(), record.offset, &state, body(last), ())
+                .await
+                .expect("finish");
+            registry.blobs.commit(finishing).await.expect("commit");
+            assert!(!staging_file(&dir, id).exists());
+
+            registry
+                .finish_upload(&repo, &id.to_string(), &digest, None, body(last), OWNER)
+                .await
+                .expect("the retried PUT completes the upload");
+            assert_eq!(
+                std::fs::read(blob_file(&dir, &digest)).expect("blob"),
+                whole,
+                "the blob keeps its bytes"
+            );
+            assert_eq!(
+                registry.stat_blob(&repo, &digest).await.expect("linked"),
+                whole.len() as u64
+            );
+            assert!(matches!(
+                registry.upload_status(&repo, &id.to_string(), OWNER).await,
+                Err(Error::UploadUnknown(_))
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_blob_already_stored_is_proven_by_its_hash_and_never_rewritten() {
+        let (registry, dir) = registry().await;
+        let repo = repository();
+        let digest = digest_of(b"shared");
+        registry
+            .upload_blob(&repo, &digest, body(b"shared"), OWNER)
+            .await
+            .expect("first push");
+        let stored = std::fs::metadata(blob_file(&dir, &digest)).expect("blob");
+
+        let id = start(&registry).await;
+        registry
+            .append_upload(&repo, &id.to_string(), None, body(b"sha"), OWNER)
+            .await
+            .expect("patch");
+        let wrong = registry
+            .finish_upload(&repo, &id.to_string(), &digest, None, body(b"red!"), OWNER)
+            .await;
+        assert!(
+            matches!(wrong, Err(Error::DigestInvalid(_))),
+            "other bytes do not link a stored blob: {wrong:?}"
+        );
+        assert_eq!(
+            sessions(&registry).await,
+            0,
+            "the mismatch ends the session"
+        );
+
+        let id = start(&registry).await;
+        registry
+            .append_upload(&repo, &id.to_string(), None, body(b"sha"), OWNER)
+            .await
+            .expect("patch");
+        registry
+            .finish_upload(&repo, &id.to_string(), &digest, None, body(b"red"), OWNER)
+            .await
+            .expect("second push");
+        let after = std::fs::metadata(blob_file(&dir, &digest)).expect("blob");
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::ino(&after),
+            std::os::unix::fs::MetadataExt::ino(&stored),
+            "the stored file was not replaced"
+        );
+        assert!(!staging_file(&dir, id).exists(), "the staged copy is gone");
+        assert_eq!(sessions(&registry).await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_session_whose_staged_bytes_are_gone_is_refused_and_discarded() {
+        let (registry, dir) = registry().await;
+        let repo = repository();
+        let digest = digest_of(b"hello!");
+        // A PATCH, then a PUT, on a session whose staged file a cancel or an expiry removed
+        // before failing to delete the record.
+        for finishing in [false, true] {
+            let id = start(&registry).await;
+            registry
+                .append_upload(&repo, &id.to_string(), None, body(b"hello"), OWNER)
+                .await
+                .expect("patch");
+            std::fs::remove_file(staging_file(&dir, id)).expect("lose the staged bytes");
+            let refused = if finishing {
+                registry
+                    .finish_upload(&repo, &id.to_string(), &digest, None, body(b"!"), OWNER)
+                    .await
+            } else {
+                registry
+                    .append_upload(&repo, &id.to_string(), None, body(b"!"), OWNER)
+                    .await
+                    .map(|_| ())
+            };
+            assert!(
+                matches!(refused, Err(Error::UploadInvalid(_))),
+                "{refused:?}"
+            );
+            assert!(!staging_file(&dir, id).exists(), "no bytes were invented");
+            assert!(!blob_file(&dir, &digest).exists(), "no blob was written");
+            assert!(matches!(
+                registry.upload_status(&repo, &id.to_string(), OWNER).await,
+                Err(Error::UploadUnknown(_))
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_one_shot_upload_leaves_no_session_behind() {
+        let (registry, dir) = registry().await;
+        let failing = stream::iter([Ok(Bytes::from_static(b"abc")), Err("connection reset")]);
+        let result = registry
+            .upload_blob(&repository(), &digest_of(b"abcdef"), failing, OWNER)
+            .await;
+        assert!(matches!(result, Err(Error::UploadInvalid(_))), "{result:?}");
+        assert_eq!(sessions(&registry).await, 0);
+        let staged = std::fs::read_dir(dir.path().join("storage/uploads"))
+            .expect("uploads")
+            .count();
+        assert_eq!(staged, 0, "no staged bytes are left");
+    }
+
+    /// A chunk whose memory the local store's writing thread releases once it wrote it: the
+    /// drop says so, then blocks that thread until the test lets it go.
+    struct Gate {
+        bytes: Vec<u8>,
+        entered: Option<oneshot::Sender<()>>,
+        release: std::sync::mpsc::Receiver<()>,
+    }
+
+    impl AsRef<[u8]> for Gate {
+        fn as_ref(&self) -> &[u8] {
+            &self.bytes
+        }
+    }
+
+    impl Drop for Gate {
+        fn drop(&mut self) {
+            if let Some(entered) = self.entered.take() {
+                let _ = entered.send(());
+            }
+            let _ = self.release.recv();
+        }
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_request_keeps_the_session_until_its_writing_thread_exits() {
+        let (registry, _dir) = registry().await;
+        let repo = repository();
+        let id = start(&registry).await;
+        let (entered, in_thread) = oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel();
+        // At least one of the local store's batches, so it is handed to the writing thread at
+        // once; then the client goes quiet and resets.
+        let gate = Bytes::from_owner(Gate {
+            bytes: vec![b'a'; 1024 * 1024],
+            entered: Some(entered),
+            release: released,
+        });
+        let quiet = stream::iter([Ok::<_, Infallible>(gate)]).chain(stream::pending());
+        let request = tokio::spawn({
+            let registry = Arc::clone(&registry);
+            let repo = repo.clone();
+            async move {
+                registry
+                    .append_upload(&repo, &id.to_string(), None, quiet, OWNER)
+                    .await
+            }
+        });
+        in_thread.await.expect("the writing thread holds the chunk");
+        request.abort();
+        assert!(request.await.expect_err("cancelled").is_cancelled());
+
+        let busy = |result: Result<(), Error>| matches!(result, Err(Error::UploadInvalid(text)) if text.contains("another request"));
+        let patch = registry
+            .append_upload(&repo, &id.to_string(), None, body(b"b"), OWNER)
+            .await
+            .map(|_| ());
+        assert!(
+            busy(patch),
+            "a PATCH waits for the abandoned writer to exit"
+        );
+        let put = registry
+            .finish_upload(
+                &repo,
+                &id.to_string(),
+                &digest_of(b"b"),
+                None,
+                body(b"b"),
+                OWNER,
+            )
+            .await;
+        assert!(busy(put), "so does a PUT");
+        let cancel = registry.cancel_upload(&repo, &id.to_string(), OWNER).await;
+        assert!(busy(cancel), "and a DELETE");
+        release.send(()).expect("release the thread");
     }
 }
