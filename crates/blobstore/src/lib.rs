@@ -357,6 +357,16 @@ impl BlobStore {
         }
     }
 
+    /// Makes a blob found stored durable before it is acknowledged: on local disk a concurrent
+    /// commit may have linked it without having synced it yet (or failed to). An object store
+    /// holds an object only once it is durable.
+    pub async fn make_durable(&self, digest: &Digest) -> Result<(), Error> {
+        match &self.staging {
+            Staging::Local(local) => local.make_durable(digest).await,
+            Staging::Remote(_) => Ok(()),
+        }
+    }
+
     /// Discards everything an upload staged (idempotent). In an object store that is every
     /// object under the session's prefix, recorded in `state` or not.
     pub async fn abort(&self, session: &str, state: &UploadState) -> Result<(), Error> {

@@ -16,6 +16,7 @@
 //!   drains queued bytes into the file.
 
 use std::io::{ErrorKind, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path as FsPath, PathBuf};
 
 use crate::hash::Sha256State;
@@ -52,7 +53,16 @@ fn open_staging(path: &FsPath, offset: u64) -> Result<std::fs::File, Error> {
         Err(err) if err.kind() == ErrorKind::NotFound => return Err(gone()),
         Err(err) => return Err(storage(err)),
     };
-    if file.metadata().map_err(storage)?.len() < offset {
+    let metadata = file.metadata().map_err(storage)?;
+    if metadata.nlink() > 1 {
+        // Also a blob: a commit linked it and did not get to unlink the staged name (it
+        // failed, was cancelled, or the process died). Writing would change the blob.
+        return Err(lost(format!(
+            "upload {} was already committed",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        )));
+    }
+    if metadata.len() < offset {
         return Err(gone());
     }
     file.set_len(offset).map_err(storage)?;
@@ -188,7 +198,7 @@ impl LocalStaging {
             Err(err) if err.kind() == ErrorKind::NotFound => {
                 if size != 0 {
                     return match stored_size(target).await? {
-                        Some(stored) if stored == size => Ok(()),
+                        Some(stored) if stored == size => make_durable(target).await,
                         _ => Err(lost(format!(
                             "the staged bytes of upload {session} are missing"
                         ))),
@@ -218,18 +228,29 @@ impl LocalStaging {
                         target.display()
                     )));
                 }
+                // Another commit linked it: it may not have made it durable yet.
+                make_durable(target).await?;
+            }
+            Err(err) if links_unsupported(&err) => {
+                // A filesystem without hard links (vfat, some FUSE and network mounts): a
+                // rename, only when nothing is there. Between the look and the rename only
+                // another commit of the same digest can come, with the same verified bytes.
+                if stored_size(target).await?.is_none() {
+                    tokio::fs::rename(&staging, target).await.map_err(storage)?;
+                }
             }
             Err(err) => return Err(storage(err)),
         }
         // The link is durable only once the directory entry is; only then may the staged
         // name go.
-        tokio::fs::File::open(parent)
-            .await
-            .map_err(storage)?
-            .sync_all()
-            .await
-            .map_err(storage)?;
+        sync_dir(parent).await?;
         self.abort(session).await
+    }
+
+    /// Makes the stored blob `digest` durable (its data and its directory entry): a blob found
+    /// stored may have been linked by a commit that has not synced it yet, or failed to.
+    pub async fn make_durable(&self, digest: &Digest) -> Result<(), Error> {
+        make_durable(&self.blob_file(digest)).await
     }
 
     /// Discards the session's staged bytes (idempotent).
@@ -243,6 +264,37 @@ impl LocalStaging {
 
     pub fn blob_file(&self, digest: &Digest) -> PathBuf {
         self.root.join(crate::blob_path(digest).as_ref())
+    }
+}
+
+/// Whether a failed `hard_link` means the filesystem has no hard links.
+fn links_unsupported(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        ErrorKind::Unsupported | ErrorKind::PermissionDenied
+    )
+}
+
+async fn sync_dir(dir: &FsPath) -> Result<(), Error> {
+    tokio::fs::File::open(dir)
+        .await
+        .map_err(storage)?
+        .sync_all()
+        .await
+        .map_err(storage)
+}
+
+/// Syncs the file at `path` and the directory entry naming it.
+async fn make_durable(path: &FsPath) -> Result<(), Error> {
+    tokio::fs::File::open(path)
+        .await
+        .map_err(storage)?
+        .sync_all()
+        .await
+        .map_err(storage)?;
+    match path.parent() {
+        Some(parent) => sync_dir(parent).await,
+        None => Ok(()),
     }
 }
 
@@ -333,6 +385,56 @@ mod tests {
             b"hel",
             "a lost staging file is not touched"
         );
+    }
+
+    #[tokio::test]
+    async fn a_staged_file_that_is_also_a_blob_is_never_written() {
+        // A commit linked the staged file under its digest and then failed (or was cancelled,
+        // or the process died) before unlinking the staged name: both names are one file.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = BlobStore::local(dir.path()).expect("store");
+        let state = staged_hello(&store, "s").await;
+        let blob = dir.path().join("committed-elsewhere");
+        std::fs::hard_link(dir.path().join("uploads/s"), &blob).expect("link");
+
+        let mut again = state.clone();
+        assert!(matches!(
+            store.append("s", 5, &mut again, body(b"!"), ()).await,
+            Err(Error::Lost(_))
+        ));
+        // A monolithic PUT restarting the session at offset 0 would truncate it.
+        let mut fresh = UploadState::new();
+        assert!(matches!(
+            store.append("s", 0, &mut fresh, body(b"other"), ()).await,
+            Err(Error::Lost(_))
+        ));
+        assert!(matches!(
+            store
+                .finish("s", 0, &UploadState::new(), body(b"other"), ())
+                .await,
+            Err(Error::Lost(_))
+        ));
+        assert_eq!(std::fs::read(&blob).expect("blob"), b"hello");
+    }
+
+    #[test]
+    fn filesystems_without_hard_links_are_recognised() {
+        use std::io::{Error as IoError, ErrorKind};
+        assert!(super::links_unsupported(&IoError::from_raw_os_error(
+            libc::EOPNOTSUPP
+        )));
+        assert!(super::links_unsupported(&IoError::from_raw_os_error(
+            libc::EPERM
+        )));
+        assert!(super::links_unsupported(&IoError::from_raw_os_error(
+            libc::ENOSYS
+        )));
+        assert!(!super::links_unsupported(&IoError::from(
+            ErrorKind::AlreadyExists
+        )));
+        assert!(!super::links_unsupported(&IoError::from_raw_os_error(
+            libc::ENOSPC
+        )));
     }
 
     #[tokio::test]

@@ -280,10 +280,12 @@ impl RemoteStaging {
                         upload
                     }
                 };
+                // A recorded multipart upload that is gone (aborted by a cancel or expiry whose
+                // record removal failed) is lost, like a recorded object.
                 multipart
                     .put_part(&path, &upload, staged.parts.len(), data)
                     .await
-                    .map_err(unavailable)?
+                    .map_err(|err| recorded(session, err))?
                     .content_id
             }
             None => {
@@ -331,7 +333,7 @@ impl RemoteStaging {
                     let part = multipart
                         .put_part(&path, upload, parts.len(), last.take_all())
                         .await
-                        .map_err(unavailable)?;
+                        .map_err(|err| recorded(session, err))?;
                     parts.push(Part {
                         id: part.content_id,
                         size: 0,
@@ -346,7 +348,7 @@ impl RemoteStaging {
                 multipart
                     .complete_multipart(&path, upload, ids)
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(|err| recorded(session, err))?;
                 // S3 cannot name an object after a digest before the digest is known; the
                 // server-side copy moves no bytes through the registry.
                 self.objects

@@ -440,6 +440,7 @@ impl Registry {
                 hashed.size
             )));
         }
+        self.blobs.make_durable(digest).await?;
         self.metadata
             .link_blob(repository, digest, stored, now())
             .await?;
@@ -781,7 +782,7 @@ mod tests {
         request.abort();
         assert!(request.await.expect_err("cancelled").is_cancelled());
 
-        let busy = |result: Result<(), Error>| matches!(result, Err(Error::UploadInvalid(text)) if text.contains("another request"));
+        let busy = |result: Result<(), Error>| is_busy(&result);
         let patch = registry
             .append_upload(&repo, &id.to_string(), None, body(b"b"), OWNER)
             .await
@@ -804,5 +805,28 @@ mod tests {
         let cancel = registry.cancel_upload(&repo, &id.to_string(), OWNER).await;
         assert!(busy(cancel), "and a DELETE");
         release.send(()).expect("release the thread");
+
+        // Once the thread has exited, the claim is gone: the session takes writes again.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let patch = registry
+                .append_upload(&repo, &id.to_string(), None, body(b"b"), OWNER)
+                .await
+                .map(|_| ());
+            if !is_busy(&patch) {
+                patch.expect("the session is writable after its writer exited");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the claim was never released"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Refused because another request is writing the session.
+    fn is_busy(result: &Result<(), Error>) -> bool {
+        matches!(result, Err(Error::UploadInvalid(text)) if text.contains("another request"))
     }
 }
