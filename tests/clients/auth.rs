@@ -1066,3 +1066,51 @@ fn the_admin_password_given_at_first_start_logs_in_and_is_not_written_to_disk() 
         "a given BULWARK_ADMIN_PASSWORD is not written to disk"
     );
 }
+
+#[test]
+fn the_audit_log_names_the_client_a_trusted_balancer_forwarded() {
+    // curl stands in for a balancer in HTTP mode: it connects from 127.0.0.1 and says whom it
+    // forwarded. Only a server that trusts 127.0.0.1 believes it.
+    let failed_login_client = |server: &Server| {
+        let ca = server.data_dir().join("tls/ca.crt");
+        let url = format!("https://{}/v2/", server.host());
+        let reply = output(Command::new("curl").args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            path_str(&ca),
+            "-H",
+            "X-Forwarded-For: 198.51.100.1, 192.0.2.9",
+            "-u",
+            "nobody-here:a wrong password",
+            &url,
+        ]));
+        assert_eq!(stdout_text(&reply), "401");
+        let events = admin_api(
+            server,
+            Method::GET,
+            "/api/v1/audit?action=login&result=failed",
+            None,
+            200,
+        );
+        events["items"][0]["client"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a failed login with a client: {events}"))
+            .to_owned()
+    };
+    let behind_balancer = Server::start_with(&["--trusted-proxy", "127.0.0.1"]);
+    assert_eq!(
+        failed_login_client(&behind_balancer),
+        "192.0.2.9",
+        "the address the trusted hop appended (the one before it is the client's own claim)"
+    );
+    let exposed = Server::start();
+    assert_eq!(
+        failed_login_client(&exposed),
+        "127.0.0.1",
+        "without trusted proxies the header is ignored"
+    );
+}

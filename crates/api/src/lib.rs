@@ -17,6 +17,7 @@ pub mod access;
 pub mod admin;
 mod body;
 pub mod error;
+pub mod forwarded;
 pub mod operation;
 pub mod token;
 

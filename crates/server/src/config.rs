@@ -16,6 +16,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Address and port of the HTTPS listener.
     pub listen: String,
+    /// Load balancers or reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For`
+    /// names the client; empty: the client is the TCP peer.
+    pub trusted_proxies: Vec<String>,
     pub tls: TlsConfig,
     pub limits: LimitsConfig,
     pub uploads: UploadsConfig,
@@ -279,11 +282,27 @@ pub enum LogFormat {
     Json,
 }
 
+impl Config {
+    /// `trusted_proxies`, parsed.
+    pub fn proxies(&self) -> anyhow::Result<api::forwarded::TrustedProxies> {
+        let networks = self
+            .trusted_proxies
+            .iter()
+            .map(|text| {
+                text.parse()
+                    .map_err(|err| anyhow::anyhow!("trusted_proxies: {err}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(api::forwarded::TrustedProxies::new(networks))
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from("./bulwark-data"),
             listen: "0.0.0.0:5000".into(),
+            trusted_proxies: Vec::new(),
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
             uploads: UploadsConfig::default(),
@@ -400,6 +419,14 @@ pub struct Overrides {
     pub tls_cert: Option<PathBuf>,
     #[arg(long, env = "BULWARK_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// A load balancer or proxy (address or CIDR range) whose X-Forwarded-For names the client
+    /// (repeatable).
+    #[arg(
+        long = "trusted-proxy",
+        env = "BULWARK_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
     /// Extra DNS names or IP addresses for the generated certificate (repeatable).
     #[arg(long = "tls-san", env = "BULWARK_TLS_SANS", value_delimiter = ',')]
     pub tls_sans: Vec<String>,
@@ -481,6 +508,9 @@ impl Config {
             .tls
             .sans
             .extend(o.tls_sans.into_iter().filter(|s| !s.is_empty()));
+        config
+            .trusted_proxies
+            .extend(o.trusted_proxies.into_iter().filter(|s| !s.is_empty()));
         if let Some(v) = o.max_manifest_bytes {
             config.limits.max_manifest_bytes = v;
         }
@@ -534,6 +564,7 @@ impl Config {
             s3.allow_http = v;
         }
         config.storage.remote()?;
+        config.proxies()?;
         if config.tls.cert.is_some() != config.tls.key.is_some() {
             anyhow::bail!("tls.cert and tls.key must be set together");
         }

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use api::access::ClientAddress;
+use api::forwarded::TrustedProxies;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
@@ -131,6 +132,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         eprintln!("{}", tls::trust_instructions(ca, &host_port));
     }
 
+    let proxies = Arc::new(config.proxies()?);
     spawn_upload_expiry(registry.clone());
     let app = api::router(registry, access);
     tracing::info!(address = %address, "listening on https://{address}");
@@ -155,9 +157,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 };
                 let acceptor = acceptor.clone();
                 let app = app.clone();
+                let proxies = proxies.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    if let Err(err) = serve_connection(stream, peer, acceptor, app, watcher).await {
+                    if let Err(err) = serve_connection(stream, peer, acceptor, app, proxies, watcher).await {
                         tracing::debug!(peer = %peer, "connection ended: {err:#}");
                     }
                 });
@@ -197,6 +200,7 @@ async fn serve_connection(
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     app: axum::Router,
+    proxies: Arc<TrustedProxies>,
     watcher: hyper_util::server::graceful::Watcher,
 ) -> anyhow::Result<()> {
     let _ = stream.set_nodelay(true);
@@ -213,7 +217,14 @@ async fn serve_connection(
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
         .await
         .context("TLS handshake timed out")??;
-    let service = TowerToHyperService::new(app.layer(axum::Extension(ClientAddress(peer.ip()))));
+    // The client of each request: the peer, or whom a trusted balancer says it forwarded.
+    let service = TowerToHyperService::new(app.layer(axum::middleware::map_request(
+        move |mut request: axum::extract::Request| {
+            let client = proxies.client(peer.ip(), request.headers());
+            request.extensions_mut().insert(ClientAddress(client));
+            std::future::ready(request)
+        },
+    )));
     let mut builder = Builder::new(TokioExecutor::new());
     // HTTP/2's default 64 KiB windows would throttle blob uploads to a trickle per round trip.
     builder
