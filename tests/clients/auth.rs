@@ -1037,30 +1037,30 @@ fn another_users_token_cannot_continue_an_upload() {
     assert!(admin.blob("team/shared", &digest) == blob);
 }
 
+/// The status curl gets for `GET /v2/` with Basic `user_password` and extra `headers`.
+fn v2_status_with_curl(server: &Server, user_password: &str, headers: &[&str]) -> String {
+    let ca = server.data_dir().join("tls/ca.crt");
+    let url = format!("https://{}/v2/", server.host());
+    let mut curl = Command::new("curl");
+    curl.args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(&ca)
+        .args(["-u", user_password]);
+    for header in headers {
+        curl.args(["-H", header]);
+    }
+    stdout_text(&output(curl.arg(&url)))
+}
+
 #[test]
 fn the_admin_password_given_at_first_start_logs_in_and_is_not_written_to_disk() {
     // Every other test relies on the guard's admin: the password the server was given works
     // with curl's Basic on /v2/, and a wrong one does not.
     let server = Server::start();
-    let ca = server.data_dir().join("tls/ca.crt");
-    let url = format!("https://{}/v2/", server.host());
-    let code = |user_password: &str| {
-        let reply = output(Command::new("curl").args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--cacert",
-            path_str(&ca),
-            "-u",
-            user_password,
-            &url,
-        ]));
-        stdout_text(&reply)
-    };
-    assert_eq!(code(&admin_creds()), "200");
-    assert_eq!(code(&creds(ADMIN_USER, "not-the-password")), "401");
+    assert_eq!(v2_status_with_curl(&server, &admin_creds(), &[]), "200");
+    assert_eq!(
+        v2_status_with_curl(&server, &creds(ADMIN_USER, "not-the-password"), &[]),
+        "401"
+    );
     assert!(
         !server.data_dir().join("admin-password").exists(),
         "a given BULWARK_ADMIN_PASSWORD is not written to disk"
@@ -1072,23 +1072,12 @@ fn the_audit_log_names_the_client_a_trusted_balancer_forwarded() {
     // curl stands in for a balancer in HTTP mode: it connects from 127.0.0.1 and says whom it
     // forwarded. Only a server that trusts 127.0.0.1 believes it.
     let failed_login_client = |server: &Server| {
-        let ca = server.data_dir().join("tls/ca.crt");
-        let url = format!("https://{}/v2/", server.host());
-        let reply = output(Command::new("curl").args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--cacert",
-            path_str(&ca),
-            "-H",
-            "X-Forwarded-For: 198.51.100.1, 192.0.2.9",
-            "-u",
+        let status = v2_status_with_curl(
+            server,
             "nobody-here:a wrong password",
-            &url,
-        ]));
-        assert_eq!(stdout_text(&reply), "401");
+            &["X-Forwarded-For: 198.51.100.1, 192.0.2.9"],
+        );
+        assert_eq!(status, "401");
         let events = admin_api(
             server,
             Method::GET,

@@ -479,41 +479,12 @@ mod tests {
         assert_eq!(std::fs::read(&blob).expect("blob"), b"rot");
     }
 
-    /// A chunk whose memory is released by the writing thread once it wrote it: the drop says
-    /// so, then blocks the thread until the test lets it go.
-    struct Gate {
-        bytes: Vec<u8>,
-        entered: Option<oneshot::Sender<()>>,
-        release: std::sync::mpsc::Receiver<()>,
-    }
-
-    impl AsRef<[u8]> for Gate {
-        fn as_ref(&self) -> &[u8] {
-            &self.bytes
-        }
-    }
-
-    impl Drop for Gate {
-        fn drop(&mut self) {
-            if let Some(entered) = self.entered.take() {
-                let _ = entered.send(());
-            }
-            let _ = self.release.recv();
-        }
-    }
-
     #[tokio::test]
     async fn a_dropped_request_keeps_its_claim_until_its_writing_thread_exits() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Arc::new(BlobStore::local(dir.path()).expect("store"));
-        let (entered, in_thread) = oneshot::channel();
-        let (release, released) = std::sync::mpsc::channel();
         // One full batch, so it is handed over at once, then a client that goes quiet.
-        let gate = Bytes::from_owner(Gate {
-            bytes: vec![b'a'; BATCH_BYTES],
-            entered: Some(entered),
-            release: released,
-        });
+        let (gate, in_thread, release) = crate::testing::gated_chunk(vec![b'a'; BATCH_BYTES]);
         let quiet = stream::iter([Ok::<_, Infallible>(gate)]).chain(stream::pending());
         // The claim is a sender: its receiver sees when it is dropped.
         let (claim, mut claimed) = oneshot::channel::<()>();

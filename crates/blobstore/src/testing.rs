@@ -211,3 +211,44 @@ impl Drop for S3Server {
         self.stop();
     }
 }
+
+/// A request chunk of `bytes` that holds up the local store's writing thread: when that thread
+/// drops it (having written it), `entered` fires, then the drop blocks until `release` sends
+/// or is dropped. Tests use it to keep a writing thread busy after its request went away.
+pub fn gated_chunk(
+    bytes: Vec<u8>,
+) -> (
+    bytes::Bytes,
+    tokio::sync::oneshot::Receiver<()>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let (entered, in_thread) = tokio::sync::oneshot::channel();
+    let (release, released) = std::sync::mpsc::channel();
+    let gate = Gate {
+        bytes,
+        entered: Some(entered),
+        release: released,
+    };
+    (bytes::Bytes::from_owner(gate), in_thread, release)
+}
+
+struct Gate {
+    bytes: Vec<u8>,
+    entered: Option<tokio::sync::oneshot::Sender<()>>,
+    release: std::sync::mpsc::Receiver<()>,
+}
+
+impl AsRef<[u8]> for Gate {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        if let Some(entered) = self.entered.take() {
+            let _ = entered.send(());
+        }
+        let _ = self.release.recv();
+    }
+}

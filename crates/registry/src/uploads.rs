@@ -523,7 +523,6 @@ mod tests {
 
     use blobstore::{BlobStore, Sha256State};
     use futures_util::stream::{self, StreamExt};
-    use tokio::sync::oneshot;
 
     use super::*;
     use crate::Limits;
@@ -731,43 +730,15 @@ mod tests {
         assert_eq!(staged, 0, "no staged bytes are left");
     }
 
-    /// A chunk whose memory the local store's writing thread releases once it wrote it: the
-    /// drop says so, then blocks that thread until the test lets it go.
-    struct Gate {
-        bytes: Vec<u8>,
-        entered: Option<oneshot::Sender<()>>,
-        release: std::sync::mpsc::Receiver<()>,
-    }
-
-    impl AsRef<[u8]> for Gate {
-        fn as_ref(&self) -> &[u8] {
-            &self.bytes
-        }
-    }
-
-    impl Drop for Gate {
-        fn drop(&mut self) {
-            if let Some(entered) = self.entered.take() {
-                let _ = entered.send(());
-            }
-            let _ = self.release.recv();
-        }
-    }
-
     #[tokio::test]
     async fn an_abandoned_request_keeps_the_session_until_its_writing_thread_exits() {
         let (registry, _dir) = registry().await;
         let repo = repository();
         let id = start(&registry).await;
-        let (entered, in_thread) = oneshot::channel();
-        let (release, released) = std::sync::mpsc::channel();
+
         // At least one of the local store's batches, so it is handed to the writing thread at
         // once; then the client goes quiet and resets.
-        let gate = Bytes::from_owner(Gate {
-            bytes: vec![b'a'; 1024 * 1024],
-            entered: Some(entered),
-            release: released,
-        });
+        let (gate, in_thread, release) = blobstore::testing::gated_chunk(vec![b'a'; 1024 * 1024]);
         let quiet = stream::iter([Ok::<_, Infallible>(gate)]).chain(stream::pending());
         let request = tokio::spawn({
             let registry = Arc::clone(&registry);
