@@ -186,7 +186,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             .errors(&[404]),
         endpoint(M::PATCH, "/api/v1/users/{user}", "updateUser", "Change a user", h::update_user)
             .tag("users")
-            .describe("For admins: reset a password, grant or remove admin, disable or enable. Admins cannot demote or disable themselves. Resetting a password or granting admin needs a login with the caller's password (not an access token, nor a registry token obtained with one); disabling and removing admin do not.")
+            .describe("For admins: reset a password, grant or remove admin, disable or enable. Admins cannot demote or disable themselves. Resetting a password, granting admin or re-enabling an account needs a login with the caller's password (not an access token, nor a registry token obtained with one); disabling and removing admin do not.")
             .body("UserUpdate")
             .returns(200, "User")
             .errors(&[404, 409, 422]),

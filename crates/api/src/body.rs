@@ -12,8 +12,11 @@
 //!   gets the answer and a closed connection. Nothing read is kept.
 //! - A body a handler dropped before its end comes back through `Leftover` (the body itself
 //!   never needs to be cloned or buffered); one read to its end leaves nothing to drain.
+//! - Only the client's silence counts: the idle clock starts when a read finds nothing to
+//!   return, not when the last frame was handed on (a handler that stops reading for a while,
+//!   behind a slow disk or object store, is not the client stalling).
 //! - The idle limit costs no timer per frame: the one timer is re-armed only when it fires
-//!   while frames are still arriving.
+//!   before the current wait's deadline.
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -117,21 +120,20 @@ impl http_body::Body for Returning {
 struct Idle {
     body: Body,
     idle: Duration,
-    /// When the last frame (or the request) arrived.
-    last: Instant,
-    /// Fires at or before `last + idle`; re-armed only when it fires early.
+    /// Since when a read has found nothing to return; `None` once a frame was handed on.
+    waiting_since: Option<Instant>,
+    /// Fires at or before `waiting_since + idle`; re-armed only when it fires early.
     timer: Pin<Box<Sleep>>,
     timed_out: bool,
 }
 
 impl Idle {
     fn new(body: Body, idle: Duration) -> Idle {
-        let now = Instant::now();
         Idle {
             body,
             idle,
-            last: now,
-            timer: Box::pin(tokio::time::sleep_until(now + idle)),
+            waiting_since: None,
+            timer: Box::pin(tokio::time::sleep(idle)),
             timed_out: false,
         }
     }
@@ -150,12 +152,13 @@ impl http_body::Body for Idle {
             return Poll::Ready(None);
         }
         if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
-            this.last = Instant::now();
+            this.waiting_since = None;
             return Poll::Ready(frame);
         }
-        // Nothing yet: has it been quiet for `idle`?
+        // Nothing yet: has the client been quiet for `idle`?
+        let since = *this.waiting_since.get_or_insert_with(Instant::now);
         while this.timer.as_mut().poll(cx).is_ready() {
-            let deadline = this.last + this.idle;
+            let deadline = since + this.idle;
             if Instant::now() >= deadline {
                 this.timed_out = true;
                 return Poll::Ready(Some(Err(axum::Error::new(std::io::Error::new(
@@ -228,23 +231,24 @@ mod tests {
         assert!(leftover.take().is_none());
     }
 
-    /// A body that sends `first`, then nothing until `release` fires (or is dropped).
-    fn stalling(first: &'static [u8], release: tokio::sync::oneshot::Receiver<()>) -> Request {
-        let first = futures_util::stream::once(async move { Ok(Bytes::from_static(first)) });
-        let stall = futures_util::stream::once(async move {
-            let _ = release.await;
-            Ok::<_, std::io::Error>(Bytes::from_static(b"late"))
-        });
-        Request::new(Body::from_stream(futures_util::StreamExt::chain(
-            first, stall,
-        )))
+    /// A body sending each of `frames` after its delay, in virtual time.
+    fn paced(frames: Vec<(u64, &'static [u8])>) -> Request {
+        let stream = futures_util::StreamExt::then(
+            futures_util::stream::iter(frames),
+            |(secs, bytes)| async move {
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                Ok::<_, std::io::Error>(Bytes::from_static(bytes))
+            },
+        );
+        Request::new(Body::from_stream(stream))
     }
 
-    #[tokio::test]
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[tokio::test(start_paused = true)]
     async fn a_body_that_stops_sending_fails_after_the_idle_time() {
-        let (_release, release) = tokio::sync::oneshot::channel();
         let (request, _leftover) =
-            Leftover::watch(stalling(b"first", release), Duration::from_millis(50));
+            Leftover::watch(paced(vec![(0, b"first"), (61, b"late")]), MINUTE);
         let mut body = request.into_body();
         let frame = body.frame().await.expect("a frame").expect("not an error");
         assert_eq!(frame.into_data().expect("data"), "first");
@@ -253,17 +257,29 @@ mod tests {
         assert!(body.frame().await.is_none(), "and then ends");
     }
 
-    #[tokio::test]
-    async fn a_body_that_keeps_sending_is_not_cut_off() {
-        let (release, released) = tokio::sync::oneshot::channel();
-        let (request, _leftover) = Leftover::watch(stalling(b"first", released), IDLE);
-        release.send(()).expect("the body waits");
+    #[tokio::test(start_paused = true)]
+    async fn frames_closer_than_the_idle_time_keep_a_body_going_however_long() {
+        // Each gap is under a minute, the whole body takes four: the one timer is re-armed.
+        let frames = vec![(40, &b"a"[..]), (50, b"b"), (59, b"c"), (45, b"d")];
+        let (request, _leftover) = Leftover::watch(paced(frames), MINUTE);
         let bytes = request
             .into_body()
             .collect()
             .await
             .expect("no timeout")
             .to_bytes();
-        assert_eq!(&bytes[..], b"firstlate");
+        assert_eq!(&bytes[..], b"abcd");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_pauses_is_not_a_silent_client() {
+        // The handler reads a frame, then does not read for two minutes (a slow disk, a slow
+        // object store); the next frame comes a moment after it reads again.
+        let (request, _leftover) = Leftover::watch(paced(vec![(0, b"a"), (1, b"b")]), MINUTE);
+        let mut body = request.into_body();
+        body.frame().await.expect("a frame").expect("data");
+        tokio::time::advance(2 * MINUTE).await;
+        let next = body.frame().await.expect("a frame");
+        assert_eq!(next.expect("not timed out").into_data().expect("data"), "b");
     }
 }

@@ -98,11 +98,12 @@ impl TrustedProxies {
         if self.0.is_empty() {
             return client;
         }
-        let forwarded: Vec<&str> = headers
+        // Split as bytes: a line is one header however the client's part of it is spelled,
+        // and an entry that is not text stops the walk like any other unparsable one.
+        let forwarded: Vec<&[u8]> = headers
             .get_all("x-forwarded-for")
             .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
+            .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
             .collect();
         for entry in forwarded.iter().rev() {
             if !self.trusts(client) {
@@ -118,8 +119,8 @@ impl TrustedProxies {
 }
 
 /// One `X-Forwarded-For` entry: an address, possibly with a port (`1.2.3.4:5`, `[::1]:5`).
-fn parse_entry(entry: &str) -> Option<IpAddr> {
-    let entry = entry.trim();
+fn parse_entry(entry: &[u8]) -> Option<IpAddr> {
+    let entry = std::str::from_utf8(entry).ok()?.trim();
     entry
         .parse::<IpAddr>()
         .ok()
@@ -216,6 +217,13 @@ mod tests {
         // Every hop trusted: the leftmost.
         let headers = forwarded(&["10.0.0.8, 10.0.0.7"]);
         assert_eq!(trusted.client(ip("10.0.0.5"), &headers), ip("10.0.0.8"));
+        // Bytes a client put in front of the balancer's entry do not hide it.
+        let mut headers = HeaderMap::new();
+        headers.append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"caf\xe9, 203.0.113.9").expect("obs-text is allowed"),
+        );
+        assert_eq!(trusted.client(ip("10.0.0.5"), &headers), ip("203.0.113.9"));
         let v6 = forwarded(&["[2001:db8::1]:443"]);
         assert_eq!(trusted.client(ip("10.0.0.5"), &v6), ip("2001:db8::1"));
     }

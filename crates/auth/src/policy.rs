@@ -313,10 +313,10 @@ pub fn authorize(
                 },
                 action,
             ),
+            // A system robot: worded as for an existing project none of its grants cover.
             Principal::Robot { name, .. } => Decision::deny(
-                Rule::ProjectUnknown {
-                    who: format!("robot {name}"),
-                    project: project_name,
+                Rule::RobotNoGrant {
+                    robot: name.clone(),
                 },
                 action,
             ),
@@ -673,7 +673,8 @@ mod tests {
     fn denials_do_not_tell_a_private_project_from_a_missing_one() {
         let private = project(false);
         let outsider = robot(Some("other"), "**", &[Action::Pull], NOW + 10, false);
-        for principal in [user("eve"), outsider] {
+        let system = robot(None, "other/*", &[Action::Pull], NOW + 10, false);
+        for principal in [user("eve"), outsider, system] {
             assert_eq!(
                 check(Some(&private), &principal, "team/app", Action::Pull),
                 check(None, &principal, "team/app", Action::Pull),

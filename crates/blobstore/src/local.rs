@@ -235,8 +235,15 @@ impl LocalStaging {
                 // A filesystem without hard links (vfat, some FUSE and network mounts): a
                 // rename, only when nothing is there. Between the look and the rename only
                 // another commit of the same digest can come, with the same verified bytes.
-                if stored_size(target).await?.is_none() {
-                    tokio::fs::rename(&staging, target).await.map_err(storage)?;
+                match stored_size(target).await? {
+                    None => tokio::fs::rename(&staging, target).await.map_err(storage)?,
+                    Some(stored) if stored == size => make_durable(target).await?,
+                    Some(stored) => {
+                        return Err(Error::Storage(format!(
+                            "{} holds {stored} bytes, not the {size} of its digest; left alone",
+                            target.display()
+                        )))
+                    }
                 }
             }
             Err(err) => return Err(storage(err)),

@@ -202,6 +202,14 @@ impl Credential {
     }
 }
 
+/// What checking a login's credentials found.
+enum Checked {
+    Valid(Authenticated),
+    Invalid,
+    /// Failures counted while it waited locked the attempt's keys: held for this long.
+    Held(u64),
+}
+
 /// A principal, and the credential it proved itself with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authenticated {
@@ -394,15 +402,16 @@ impl Access {
         if let Some(retry_after) = wait {
             return Err(AuthError::Throttled { retry_after });
         }
-        let outcome = self.check_credentials(username, secret, time).await;
+        let outcome = self.check_credentials(username, secret, &keys, time).await;
         match outcome {
-            Ok(Some(authenticated)) => {
+            Ok(Checked::Held(retry_after)) => Err(AuthError::Throttled { retry_after }),
+            Ok(Checked::Valid(authenticated)) => {
                 if let Ok(mut throttle) = self.throttle.lock() {
                     throttle.succeed(username, presented, client, time);
                 }
                 Ok(authenticated)
             }
-            Ok(None) => {
+            Ok(Checked::Invalid) => {
                 if let Ok(mut throttle) = self.throttle.lock() {
                     throttle.fail(&keys, time);
                 }
@@ -429,19 +438,23 @@ impl Access {
         }
     }
 
+    /// `keys` are the throttle keys of the attempt: a password waits for a verification slot,
+    /// and is held there if failures counted meanwhile locked it (so a burst of parallel
+    /// guesses cannot all pass the check made before any of them failed).
     async fn check_credentials(
         &self,
         username: &str,
         secret: &str,
+        keys: &[String],
         time: i64,
-    ) -> Result<Option<Authenticated>, Error> {
+    ) -> Result<Checked, Error> {
         if auth::secret::looks_like_secret(secret) {
             let hash = auth::secret::hash(secret);
             return Ok(match self.store.secret_owner(&hash, time).await? {
                 Some(SecretOwner::Robot(robot))
                     if robot.name == username && !robot.revoked && robot.expires_at > time =>
                 {
-                    Some(Authenticated {
+                    Checked::Valid(Authenticated {
                         principal: robot_principal(&robot),
                         credential: Credential::RobotSecret {
                             fingerprint: fingerprint(&hash),
@@ -454,12 +467,12 @@ impl Access {
                         && !token.revoked
                         && token.expires_at.is_none_or(|expiry| expiry > time) =>
                 {
-                    Some(Authenticated {
+                    Checked::Valid(Authenticated {
                         principal: user_principal(&user),
                         credential: Credential::AccessToken { id: token.id },
                     })
                 }
-                _ => None,
+                _ => Checked::Invalid,
             });
         }
         let user = self.store.user(username).await?;
@@ -489,6 +502,14 @@ impl Access {
                 .acquire()
                 .await
                 .map_err(|err| Error::Internal(err.to_string()))?;
+            let held = self
+                .throttle
+                .lock()
+                .ok()
+                .and_then(|throttle| throttle.retry_after(keys, now()));
+            if let Some(retry_after) = held {
+                return Ok(Checked::Held(retry_after));
+            }
             let secret = secret.to_owned();
             let stored_hash = stored.clone();
             let valid =
@@ -511,13 +532,13 @@ impl Access {
         };
         // A disabled account fails like a wrong password, so logins do not reveal it.
         Ok(match user {
-            Some(user) if valid && !user.disabled => Some(Authenticated {
+            Some(user) if valid && !user.disabled => Checked::Valid(Authenticated {
                 principal: user_principal(&user),
                 credential: Credential::Password {
                     fingerprint: fingerprint(&user.password_hash),
                 },
             }),
-            _ => None,
+            _ => Checked::Invalid,
         })
     }
 

@@ -764,8 +764,9 @@ impl Access {
 
     /// An admin's change to a user. Admins cannot demote, disable or re-password themselves
     /// this way: a stolen session must not lock the real admin out. Setting a password or the
-    /// admin role needs a login with the admin's password (`credential`): through an access
-    /// token it would hand out access that outlives the token. Disabling and demoting do not.
+    /// admin role, and re-enabling an account, need a login with the admin's password
+    /// (`credential`): through an access token they would hand out access that outlives the
+    /// token. Disabling and demoting do not.
     pub async fn update_user(
         &self,
         actor: &Principal,
@@ -775,12 +776,13 @@ impl Access {
         client: Option<IpAddr>,
     ) -> Result<UserView, Error> {
         let acting = self.admin(actor, "user.update", name, client).await?;
-        if change.password.is_some() || change.admin == Some(true) {
+        if change.password.is_some() || change.admin == Some(true) || change.disabled == Some(false)
+        {
             acting
                 .require_password(
                     self,
                     credential,
-                    "setting a password or the admin role",
+                    "setting a password, the admin role or re-enabling an account",
                     "user.update",
                     name,
                 )

@@ -17,8 +17,11 @@
 //! - Failures are forgotten after `MAX_LOCK_SECS` without another one, so old mistakes do not
 //!   make the next one lock for five minutes.
 //! - A network is an IPv4 address or an IPv6 /64 (one host usually has a whole /64).
-//! - Memory is bounded: at most `MAX_KEYS` failure records (unlocked ones are dropped first),
-//!   at most `KNOWN_PER_ACCOUNT` known networks per account (its oldest make room) and at most
+//! - Memory is bounded: at most `MAX_KEYS` failure records. When full, records neither locked
+//!   nor recent are dropped (at most once a second, so a full table does not cost a scan per
+//!   failure); if it is still full, new keys are not recorded until room is made, while the
+//!   keys already recorded (a victim account's count among them) keep counting. At most
+//!   `KNOWN_PER_ACCOUNT` known networks per account (its oldest make room) and at most
 //!   `MAX_KNOWN_ACCOUNTS` accounts with known networks (when full, no new account gets an
 //!   exemption; existing ones are never wiped, so logging in from many addresses cannot clear
 //!   anyone else's).
@@ -51,6 +54,8 @@ struct Failures {
 #[derive(Debug, Default)]
 pub(crate) struct Throttle {
     failures: HashMap<String, Failures>,
+    /// When the full failure table was last pruned.
+    pruned_at: i64,
     /// By account: the networks that logged in to it with its password, and until when they
     /// count as known.
     known: HashMap<String, Vec<(String, i64)>>,
@@ -98,14 +103,15 @@ impl Throttle {
 
     /// A login with `keys` failed.
     pub(crate) fn fail(&mut self, keys: &[String], now: i64) {
-        if self.failures.len() >= MAX_KEYS {
+        if self.failures.len() >= MAX_KEYS && now > self.pruned_at {
+            self.pruned_at = now;
             self.failures
                 .retain(|_, f| f.locked_until > now || now - f.last <= MAX_LOCK_SECS);
-            if self.failures.len() >= MAX_KEYS {
-                self.failures.retain(|_, f| f.locked_until > now);
-            }
         }
         for key in keys {
+            if self.failures.len() >= MAX_KEYS && !self.failures.contains_key(key) {
+                continue;
+            }
             let entry = self.failures.entry(key.clone()).or_default();
             if now - entry.last > MAX_LOCK_SECS {
                 entry.count = 0;
@@ -347,5 +353,29 @@ mod tests {
         assert_eq!(network(one), network(other));
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().expect("mapped");
         assert_eq!(network(mapped), "192.0.2.7");
+    }
+
+    #[test]
+    fn a_full_table_keeps_counting_what_it_holds_and_takes_no_new_keys() {
+        let mut throttle = Throttle::default();
+        let victim = throttle.keys("admin", Presented::Password, None, 0);
+        throttle.fail(&victim, 0);
+        for n in 0..MAX_KEYS {
+            throttle.fail(&[format!("secret:filler-{n}")], 0);
+        }
+        assert_eq!(throttle.failures.len(), MAX_KEYS);
+        throttle.fail(&["secret:one-too-many".to_owned()], 0);
+        assert_eq!(throttle.failures.len(), MAX_KEYS, "no new key while full");
+        for _ in 0..FREE_FAILURES {
+            throttle.fail(&victim, 0);
+        }
+        assert!(
+            throttle.retry_after(&victim, 0).is_some(),
+            "the victim account's count was kept and locks it"
+        );
+        // Later, the quiet records go and new keys are recorded again.
+        let later = 10 * MAX_LOCK_SECS;
+        throttle.fail(&["secret:newcomer".to_owned()], later);
+        assert!(throttle.failures.contains_key("secret:newcomer"));
     }
 }

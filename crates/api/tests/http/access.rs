@@ -723,6 +723,29 @@ async fn the_catalog_and_mounts_reveal_only_what_the_caller_may_pull() {
 }
 
 #[tokio::test]
+async fn a_burst_of_parallel_guesses_is_throttled_like_a_sequence() {
+    // Each guess passes the lock check before any of them has failed; the ones still waiting
+    // for argon2 when the lock comes are held instead of verified.
+    let registry = team_registry().await;
+    let guesses = (0..24).map(|n| {
+        registry.send(
+            call("GET", "/v2/")
+                .header(
+                    "authorization",
+                    basic("rita", &format!("guess number {n:02}")),
+                )
+                .client_address([203, 0, 113, 5]),
+        )
+    });
+    let replies = futures_util::future::join_all(guesses).await;
+    let refused = replies.iter().filter(|r| r.status.as_u16() == 401).count();
+    let held = replies.iter().filter(|r| r.status.as_u16() == 429).count();
+    assert_eq!(refused + held, 24);
+    // Five free failures, plus the ones verifying when the fifth was counted (two at a time).
+    assert!(refused <= 7, "{refused} guesses were verified");
+}
+
+#[tokio::test]
 async fn failed_logins_are_throttled_and_audited() {
     let registry = team_registry().await;
     let mut statuses = Vec::new();
