@@ -95,8 +95,12 @@ pub(crate) struct Held {
     last: Pending,
 }
 
-fn data_path(session: &str) -> Path {
-    Path::from(format!("uploads/{session}/data"))
+/// The object a session's multipart upload completes to (see `Staged::data`).
+fn data_path(session: &str, key: Option<&str>) -> Path {
+    match key {
+        Some(key) => Path::from(format!("uploads/{session}/data-{key}")),
+        None => Path::from(format!("uploads/{session}/data")),
+    }
 }
 
 fn part_path(session: &str, key: &str) -> Path {
@@ -268,16 +272,18 @@ impl RemoteStaging {
         let size = data.content_length() as u64;
         let id = match &self.multipart {
             Some(multipart) => {
-                let path = data_path(session);
-                let upload = match &staged.multipart {
-                    Some(upload) => upload.clone(),
+                let (path, upload) = match &staged.multipart {
+                    Some(upload) => (data_path(session, staged.data.as_deref()), upload.clone()),
                     None => {
+                        let key = fresh_key();
+                        let path = data_path(session, Some(&key));
                         let upload = multipart
                             .create_multipart(&path)
                             .await
                             .map_err(unavailable)?;
                         staged.multipart = Some(upload.clone());
-                        upload
+                        staged.data = Some(key);
+                        (path, upload)
                     }
                 };
                 // A recorded multipart upload that is gone (aborted by a cancel or expiry whose
@@ -327,7 +333,7 @@ impl RemoteStaging {
         }
         match (&self.multipart, &staged.multipart) {
             (Some(multipart), Some(upload)) => {
-                let path = data_path(session);
+                let path = data_path(session, staged.data.as_deref());
                 let mut parts = staged.parts.clone();
                 if last.len > 0 {
                     let part = multipart
@@ -446,7 +452,8 @@ impl RemoteStaging {
         }
         match (&self.multipart, &from.multipart) {
             (Some(multipart), Some(upload)) if to.multipart.as_ref() != Some(upload) => {
-                gone_is_fine(multipart.abort_multipart(&data_path(session), upload).await)?;
+                let path = data_path(session, from.data.as_deref());
+                gone_is_fine(multipart.abort_multipart(&path, upload).await)?;
             }
             (None, _) => {
                 for part in from.parts.iter().filter(|part| !to.parts.contains(part)) {

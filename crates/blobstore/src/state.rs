@@ -25,6 +25,12 @@ pub struct UploadState {
 pub(crate) struct Staged {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multipart: Option<String>,
+    /// The key naming the multipart upload's object (`uploads/<session>/data-<key>`), fresh
+    /// for every multipart upload, so two requests finishing one session at once (on two
+    /// replicas) complete different objects and each copies its own bytes under its digest.
+    /// `None`: a session staged before the key existed, at `uploads/<session>/data`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<Part>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -108,6 +114,7 @@ mod tests {
         state.hash.update(&[7; 12]);
         state.staged = Staged {
             multipart: Some("mp-1".into()),
+            data: Some("k1".into()),
             parts: vec![Part {
                 id: "\"etag\"".into(),
                 size: 10,
@@ -137,5 +144,15 @@ mod tests {
             Err(CorruptUploadState),
             "a hash state is required"
         );
+    }
+
+    #[test]
+    fn a_session_staged_before_data_keys_keeps_its_object() {
+        let mut hash = Sha256State::default();
+        hash.update(&[1; 10]);
+        let legacy = br#"{"multipart":"mp-0","parts":[{"id":"e","size":10}]}"#;
+        let state = UploadState::decode(&hash.to_bytes(), legacy).expect("decode");
+        assert_eq!(state.staged.multipart.as_deref(), Some("mp-0"));
+        assert_eq!(state.staged.data, None, "completes to uploads/<session>/data");
     }
 }

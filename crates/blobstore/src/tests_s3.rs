@@ -74,6 +74,7 @@ async fn uploads_on_a_real_s3_server() {
     another_replica_continues_and_finishes_a_session(&server).await;
     a_failed_chunk_changes_nothing_recorded(&server).await;
     a_racing_request_cannot_slip_its_bytes_into_the_blob(&server).await;
+    two_finishes_of_one_fresh_session_complete_different_objects(&server).await;
     a_wrong_digest_removes_everything_staged(&server).await;
     a_stored_blob_is_never_rewritten_and_lost_bytes_are_not_replaced(&server).await;
     a_single_node_copies_its_blobs_into_the_bucket(&server).await;
@@ -271,6 +272,38 @@ async fn a_racing_request_cannot_slip_its_bytes_into_the_blob(server: &S3Server)
             "{err}"
         ),
     }
+}
+
+async fn two_finishes_of_one_fresh_session_complete_different_objects(server: &S3Server) {
+    // Two replicas finish one session at once (a client retrying its PUT through the balancer,
+    // or a hostile one sending other bytes): each starts a multipart upload of its own. Were
+    // both completed to one object, one replica could copy the other's bytes under its digest.
+    let store = BlobStore::remote(&server.settings()).expect("store");
+    let fresh = UploadState::new();
+    let first_bytes = data(MIN_PART_SIZE + MIB, 8);
+    let second_bytes = data(MIN_PART_SIZE + MIB, 9);
+    let first = store
+        .finish("twice", 0, &fresh, body(&first_bytes), ())
+        .await
+        .expect("first finish");
+    let second = store
+        .finish("twice", 0, &fresh, body(&second_bytes), ())
+        .await
+        .expect("second finish");
+    let (first_key, second_key) = (&first.state.staged.data, &second.state.staged.data);
+    assert!(
+        first_key.is_some(),
+        "the multipart upload is named by a key"
+    );
+    assert_ne!(
+        first_key, second_key,
+        "each multipart upload has an object of its own"
+    );
+    let (first_digest, second_digest) = (first.digest.clone(), second.digest.clone());
+    store.commit(first).await.expect("first commit");
+    store.commit(second).await.expect("second commit");
+    assert_eq!(read_all(&store, &first_digest).await, first_bytes);
+    assert_eq!(read_all(&store, &second_digest).await, second_bytes);
 }
 
 async fn a_wrong_digest_removes_everything_staged(server: &S3Server) {
