@@ -153,6 +153,9 @@ mod tests {
         let legacy = br#"{"multipart":"mp-0","parts":[{"id":"e","size":10}]}"#;
         let state = UploadState::decode(&hash.to_bytes(), legacy).expect("decode");
         assert_eq!(state.staged.multipart.as_deref(), Some("mp-0"));
-        assert_eq!(state.staged.data, None, "completes to uploads/<session>/data");
+        assert_eq!(
+            state.staged.data, None,
+            "completes to uploads/<session>/data"
+        );
     }
 }
