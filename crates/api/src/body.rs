@@ -66,9 +66,12 @@ impl Leftover {
             return (request, Leftover(slot));
         }
         let request = request.map(|body| {
-            Body::new(Returning {
-                body: Some(Body::new(Idle::new(body, idle))),
+            Body::new(Watched {
+                body: Some(body),
                 slot: slot.clone(),
+                idle,
+                waiting_since: None,
+                timer: Box::pin(tokio::time::sleep(idle)),
             })
         });
         (request, Leftover(slot))
@@ -80,13 +83,20 @@ impl Leftover {
     }
 }
 
-struct Returning {
-    /// `None` once the body ended.
+/// A request body that fails once its client has sent nothing for `idle`, and that, dropped
+/// before its end, hands the rest back to its `Leftover`.
+struct Watched {
+    /// `None` once the body ended or timed out (nothing is handed back then).
     body: Option<Body>,
     slot: Arc<Mutex<Option<Body>>>,
+    idle: Duration,
+    /// Since when a read has found nothing to return; `None` once a frame was handed on.
+    waiting_since: Option<Instant>,
+    /// Fires at or before `waiting_since + idle`; re-armed only when it fires early.
+    timer: Pin<Box<Sleep>>,
 }
 
-impl http_body::Body for Returning {
+impl http_body::Body for Watched {
     type Data = Bytes;
     type Error = axum::Error;
 
@@ -98,11 +108,27 @@ impl http_body::Body for Returning {
         let Some(body) = this.body.as_mut() else {
             return Poll::Ready(None);
         };
-        let polled = Pin::new(body).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            this.body = None;
+        if let Poll::Ready(frame) = Pin::new(body).poll_frame(cx) {
+            this.waiting_since = None;
+            if frame.is_none() {
+                this.body = None;
+            }
+            return Poll::Ready(frame);
         }
-        polled
+        // Nothing yet: has the client been quiet for `idle`?
+        let since = *this.waiting_since.get_or_insert_with(Instant::now);
+        while this.timer.as_mut().poll(cx).is_ready() {
+            let deadline = since + this.idle;
+            if Instant::now() >= deadline {
+                this.body = None;
+                return Poll::Ready(Some(Err(axum::Error::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no data for {} seconds", this.idle.as_secs()),
+                )))));
+            }
+            this.timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {
@@ -116,71 +142,7 @@ impl http_body::Body for Returning {
     }
 }
 
-/// A body that fails once it has sent nothing for `idle`.
-struct Idle {
-    body: Body,
-    idle: Duration,
-    /// Since when a read has found nothing to return; `None` once a frame was handed on.
-    waiting_since: Option<Instant>,
-    /// Fires at or before `waiting_since + idle`; re-armed only when it fires early.
-    timer: Pin<Box<Sleep>>,
-    timed_out: bool,
-}
-
-impl Idle {
-    fn new(body: Body, idle: Duration) -> Idle {
-        Idle {
-            body,
-            idle,
-            waiting_since: None,
-            timer: Box::pin(tokio::time::sleep(idle)),
-            timed_out: false,
-        }
-    }
-}
-
-impl http_body::Body for Idle {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let this = self.get_mut();
-        if this.timed_out {
-            return Poll::Ready(None);
-        }
-        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
-            this.waiting_since = None;
-            return Poll::Ready(frame);
-        }
-        // Nothing yet: has the client been quiet for `idle`?
-        let since = *this.waiting_since.get_or_insert_with(Instant::now);
-        while this.timer.as_mut().poll(cx).is_ready() {
-            let deadline = since + this.idle;
-            if Instant::now() >= deadline {
-                this.timed_out = true;
-                return Poll::Ready(Some(Err(axum::Error::new(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no data for {} seconds", this.idle.as_secs()),
-                )))));
-            }
-            this.timer.as_mut().reset(deadline);
-        }
-        Poll::Pending
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.timed_out || self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for Returning {
+impl Drop for Watched {
     fn drop(&mut self) {
         if let Some(body) = self.body.take() {
             if !body.is_end_stream() {
