@@ -515,6 +515,21 @@ mod tests {
         }]
     }
 
+    /// A five-minute token of `user:alice` pulling `team/app`, issued at `NOW`.
+    fn alice_pull_token(keys: &KeySet) -> String {
+        keys.issue(
+            "user:alice",
+            pull("team/app"),
+            None,
+            false,
+            300,
+            NOW,
+            "j".into(),
+        )
+        .expect("issue")
+        .token
+    }
+
     #[test]
     fn issued_tokens_verify_and_carry_their_access() {
         let (key, _) = SigningKey::generate().expect("key");
@@ -590,18 +605,7 @@ mod tests {
     fn expired_tampered_foreign_and_misaddressed_tokens_are_refused() {
         let (key, pem) = SigningKey::generate().expect("key");
         let keys = keyset(vec![key]);
-        let token = keys
-            .issue(
-                "user:alice",
-                pull("team/app"),
-                None,
-                false,
-                300,
-                NOW,
-                "j".into(),
-            )
-            .expect("issue")
-            .token;
+        let token = alice_pull_token(&keys);
 
         assert_eq!(
             keys.verify(&token, false, NOW + 300 + LEEWAY),
@@ -664,18 +668,7 @@ mod tests {
     fn a_remembered_token_verifies_to_the_same_claims() {
         let (key, _) = SigningKey::generate().expect("key");
         let keys = keyset(vec![key]);
-        let token = keys
-            .issue(
-                "user:alice",
-                pull("team/app"),
-                None,
-                false,
-                300,
-                NOW,
-                "j".into(),
-            )
-            .expect("issue")
-            .token;
+        let token = alice_pull_token(&keys);
         let first = keys.verify(&token, false, NOW).expect("verify");
         assert_eq!(
             keys.verified().len(),
@@ -696,18 +689,7 @@ mod tests {
     fn a_remembered_token_still_expires() {
         let (key, _) = SigningKey::generate().expect("key");
         let keys = keyset(vec![key]);
-        let token = keys
-            .issue(
-                "user:alice",
-                pull("team/app"),
-                None,
-                false,
-                300,
-                NOW,
-                "j".into(),
-            )
-            .expect("issue")
-            .token;
+        let token = alice_pull_token(&keys);
         keys.verify(&token, false, NOW).expect("verify");
         assert_eq!(keys.verified().len(), 1);
         assert_eq!(
@@ -735,18 +717,7 @@ mod tests {
     fn a_tampered_copy_of_a_remembered_token_is_refused() {
         let (key, _) = SigningKey::generate().expect("key");
         let keys = keyset(vec![key]);
-        let token = keys
-            .issue(
-                "user:alice",
-                pull("team/app"),
-                None,
-                false,
-                300,
-                NOW,
-                "j".into(),
-            )
-            .expect("issue")
-            .token;
+        let token = alice_pull_token(&keys);
         keys.verify(&token, false, NOW).expect("verify");
 
         let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
