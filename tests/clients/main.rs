@@ -11,6 +11,7 @@ mod support;
 mod auth;
 mod buildah_podman;
 mod cli;
+mod http_edges;
 mod lifecycle;
 mod postgres;
 mod scale_out;

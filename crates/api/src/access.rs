@@ -65,6 +65,21 @@ impl Operation {
             }
         }
     }
+
+    /// The scopes a 401 names: what the operation needs and, for a mount, pull on its source
+    /// (space-separated, as Distribution sends them), so a client that asks for exactly the
+    /// challenged scopes gets a token that covers the mount.
+    pub fn challenge_scope(&self) -> Option<String> {
+        let scope = scope_text(&self.required_access());
+        match self {
+            Operation::StartUpload {
+                name,
+                mount: Some((_, from)),
+                ..
+            } if from != name => scope.map(|scope| format!("{scope} repository:{from}:pull")),
+            _ => scope,
+        }
+    }
 }
 
 /// The authorized caller of a request.
@@ -167,19 +182,45 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<String> {
     }
 }
 
-/// The absolute URL of the token service, as the client reached this server.
-pub fn realm(headers: &HeaderMap) -> String {
+/// Whether `text` is a host with an optional port as it may appear in `Host` or a URL:
+/// letters, digits, `.-:` and the brackets of an IPv6 address, nothing that could break out
+/// of the quoted realm or add a path, query or user.
+pub fn is_host(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 255
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+}
+
+/// The absolute URL of the token service: under the configured external URL, or else under the
+/// request's `Host` (the front door refuses a request without exactly one, `host_problem`).
+pub fn realm(access: &Access, headers: &HeaderMap) -> String {
+    if let Some(url) = &access.settings().external_url {
+        return format!("{url}/auth/token");
+    }
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
-        .filter(|host| {
-            !host.is_empty()
-                && host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-        })
+        .filter(|host| is_host(host))
         .unwrap_or("localhost");
     format!("https://{host}/auth/token")
+}
+
+/// Why a request's `Host` makes it unanswerable (RFC 9112 §3.2: an HTTP/1.1 request carries
+/// exactly one), or `None`. HTTP/1.0 may omit it; HTTP/2 names the host in `:authority`.
+pub fn host_problem(version: axum::http::Version, headers: &HeaderMap) -> Option<&'static str> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Some("a request carries one Host header, not several"),
+        (None, _) if version == axum::http::Version::HTTP_11 => {
+            Some("an HTTP/1.1 request must carry a Host header")
+        }
+        (Some(host), None) if !host.to_str().is_ok_and(is_host) => {
+            Some("the Host header is not a host name or address with an optional port")
+        }
+        _ => None,
+    }
 }
 
 fn scope_text(need: &Need<'_>) -> Option<String> {
@@ -198,16 +239,16 @@ fn scope_text(need: &Need<'_>) -> Option<String> {
 pub fn challenge(
     access: &Access,
     headers: &HeaderMap,
-    need: &Need<'_>,
+    scope: Option<&str>,
     error: Option<&str>,
     message: &str,
 ) -> ApiError {
     let mut value = format!(
         "Bearer realm=\"{}\",service=\"{}\"",
-        realm(headers),
+        realm(access, headers),
         access.settings().service
     );
-    if let Some(scope) = scope_text(need) {
+    if let Some(scope) = scope {
         value.push_str(&format!(",scope=\"{scope}\""));
     }
     if let Some(error) = error {
@@ -234,8 +275,10 @@ pub async fn authorize(
     client: Option<IpAddr>,
 ) -> Result<Caller, ApiError> {
     let need = operation.required_access();
+    let scope = operation.challenge_scope();
+    let scope = scope.as_deref();
     let credentials = credentials(headers)
-        .map_err(|problem| challenge(access, headers, &need, Some("invalid_request"), problem))?;
+        .map_err(|problem| challenge(access, headers, scope, Some("invalid_request"), problem))?;
     match credentials {
         Credentials::Bearer(token) => {
             let allow_expired = matches!(need, Need::UploadSession(_));
@@ -243,7 +286,7 @@ pub async fn authorize(
                 challenge(
                     access,
                     headers,
-                    &need,
+                    scope,
                     Some("invalid_token"),
                     &format!("invalid token: {err}"),
                 )
@@ -263,7 +306,7 @@ pub async fn authorize(
                 if let (Need::UploadSession(name), Some(claims)) = (&need, &caller.claims) {
                     if access.expired(claims) {
                         let principal =
-                            still_pushing(access, headers, &need, name, &claims.sub, client)
+                            still_pushing(access, headers, scope, name, &claims.sub, client)
                                 .await?;
                         caller.principal = Some(principal);
                     }
@@ -288,7 +331,7 @@ pub async fn authorize(
             Err(challenge(
                 access,
                 headers,
-                &need,
+                scope,
                 Some("insufficient_scope"),
                 "the token does not grant this access",
             ))
@@ -298,7 +341,7 @@ pub async fn authorize(
                 return Err(challenge(
                     access,
                     headers,
-                    &need,
+                    scope,
                     None,
                     "log in through the token service",
                 ));
@@ -312,7 +355,7 @@ pub async fn authorize(
                     AuthError::BadCredentials | AuthError::BadToken(_) => challenge(
                         access,
                         headers,
-                        &need,
+                        scope,
                         Some("invalid_token"),
                         "invalid username or password",
                     ),
@@ -359,7 +402,7 @@ pub async fn authorize(
             Err(challenge(
                 access,
                 headers,
-                &need,
+                scope,
                 None,
                 "authentication required",
             ))
@@ -373,7 +416,7 @@ pub async fn authorize(
 async fn still_pushing(
     access: &Access,
     headers: &HeaderMap,
-    need: &Need<'_>,
+    scope: Option<&str>,
     repository: &RepositoryName,
     subject: &str,
     client: Option<IpAddr>,
@@ -382,7 +425,7 @@ async fn still_pushing(
         return Err(challenge(
             access,
             headers,
-            need,
+            scope,
             Some("invalid_token"),
             "the token has expired and its principal no longer exists",
         ));
@@ -398,7 +441,7 @@ async fn still_pushing(
         return Err(challenge(
             access,
             headers,
-            need,
+            scope,
             Some("invalid_token"),
             "the token has expired",
         ));

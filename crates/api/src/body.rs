@@ -1,15 +1,19 @@
-//! Request bodies: a refused one is read before the answer goes out, a stalled one is cut off.
+//! Request bodies: a refused one is read before the answer goes out (when that is cheap), a
+//! stalled one is cut off.
 //!
 //! When a server answers before reading the whole request body and closes the connection, the
 //! kernel resets it, and an HTTP/1 client still sending often loses the answer with it. So a
-//! refused request's body is read and discarded, up to a limit, before the answer goes out.
+//! refused request's small body is read and discarded before the answer goes out, keeping the
+//! connection usable, and a large one is left to the server's lingering close.
 //! And a body that stops arriving would hold its upload (a writer, a staging file, a
 //! connection) for as long as the client likes, so one that sends nothing for
 //! `BODY_IDLE_TIMEOUT` fails.
 //!
 //! Invariants:
 //! - At most `DRAIN_LIMIT` bytes and `DRAIN_TIME` are spent on one body; a larger or slower one
-//!   gets the answer and a closed connection. Nothing read is kept.
+//!   gets the answer and a closed connection. Nothing read is kept. A body the client has not
+//!   been invited to send (`Expect: 100-continue`) or that declared more than the limit is not
+//!   read at all: the answer goes out first (the server's lingering close lets it be read).
 //! - A body a handler dropped before its end comes back through `Leftover` (the body itself
 //!   never needs to be cloned or buffered); one read to its end leaves nothing to drain.
 //! - Only the client's silence counts: the idle clock starts when a read finds nothing to
@@ -38,8 +42,18 @@ const DRAIN_TIME: Duration = Duration::from_secs(2);
 /// without pauses; a minute of silence is a dead client or one holding the upload on purpose.
 pub(crate) const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Reads and discards `body`, within the limits.
-pub(crate) async fn drain(body: Body) {
+/// Reads and discards the rest of a refused request's `body`, within the limits, so the
+/// connection can carry the next request; but reads nothing that would only invite bytes it
+/// could not finish: a client waiting for `100 Continue` (`expects_continue`) is answered
+/// without one, so it never sends the body, and a body known to exceed `DRAIN_LIMIT` is answered
+/// at once. Over HTTP/1.1 the connection then closes, and the server's lingering close
+/// discards what the client still sends while it reads the answer; over HTTP/2 hyper keeps the
+/// stream until the answer is sent, then ends it with `NO_ERROR` (RFC 9113 §8.1: stop sending,
+/// the answer stands).
+pub(crate) async fn drain(body: Body, expects_continue: bool) {
+    if body.is_end_stream() || expects_continue || body.size_hint().lower() > DRAIN_LIMIT as u64 {
+        return;
+    }
     let mut body = body;
     let mut read = 0usize;
     let reading = async {
@@ -51,6 +65,14 @@ pub(crate) async fn drain(body: Body) {
         }
     };
     let _ = tokio::time::timeout(DRAIN_TIME, reading).await;
+}
+
+/// Whether the client waits for `100 Continue` before it sends the body.
+pub(crate) fn expects_continue(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::EXPECT)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim().eq_ignore_ascii_case("100-continue"))
 }
 
 /// Where a request body dropped before its end ends up.

@@ -91,6 +91,9 @@ impl From<ParseError> for ApiError {
             ParseError::ManifestUnknown(reference) => {
                 ApiError::new(ErrorCode::ManifestUnknown).detail(json!({ "reference": reference }))
             }
+            ParseError::UploadUnknown(id) => {
+                ApiError::new(ErrorCode::BlobUploadUnknown).detail(json!({ "upload": id }))
+            }
             ParseError::QueryInvalid(text) => ApiError::new(ErrorCode::Unsupported)
                 .status(StatusCode::BAD_REQUEST)
                 .message(format!("invalid query parameter: {text}")),

@@ -10,7 +10,8 @@
 //! - Request and response bodies of blobs stream; only manifests (bounded by the configured
 //!   limit) are read whole.
 //! - A refused or failed request's unread body is drained (up to `body::DRAIN_LIMIT`) before
-//!   the error is sent, so HTTP/1 clients read the answer instead of a reset connection; a body
+//!   the error is sent, unless that would only invite bytes (`Expect: 100-continue`, a larger
+//!   body): then the answer goes first and the server's lingering close lets it be read; a body
 //!   that sends nothing for `body::BODY_IDLE_TIMEOUT` fails its request.
 
 pub mod access;
@@ -37,7 +38,7 @@ use registry::{Registry, UploadStart, UploadStatus};
 use tracing::Instrument;
 
 use crate::access::{Caller, ClientAddress};
-use crate::body::{drain, Leftover, BODY_IDLE_TIMEOUT};
+use crate::body::{drain, expects_continue, Leftover, BODY_IDLE_TIMEOUT};
 use crate::error::ApiError;
 use crate::operation::{Method, Operation};
 
@@ -79,7 +80,14 @@ async fn log_request(mut request: Request, next: Next) -> Response {
     let request_bytes = content_length(request.headers());
     let span = tracing::info_span!("request", request_id = %request_id);
     let started = Instant::now();
-    let mut response = next.run(request).instrument(span.clone()).await;
+    let mut response = match access::host_problem(request.version(), request.headers()) {
+        // Nothing is routed without knowing which host the client asked for.
+        Some(problem) => ApiError::new(ErrorCode::Unsupported)
+            .status(StatusCode::BAD_REQUEST)
+            .message(problem)
+            .into_response(),
+        None => next.run(request).instrument(span.clone()).await,
+    };
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
@@ -130,11 +138,12 @@ async fn dispatch(State(state): State<AppState>, rest: &str, request: Request) -
         Err(err) => return ApiError::from(err).into_response(),
     };
     let client = request.extensions().get::<ClientAddress>().map(|c| c.0);
+    let expects_continue = expects_continue(request.headers());
     let caller = match access::authorize(&state.access, &operation, request.headers(), client).await
     {
         Ok(caller) => caller,
         Err(err) => {
-            drain(request.into_body()).await;
+            drain(request.into_body(), expects_continue).await;
             return err.into_response();
         }
     };
@@ -154,7 +163,7 @@ async fn dispatch(State(state): State<AppState>, rest: &str, request: Request) -
         }
         Err(err) => {
             if let Some(body) = leftover.take() {
-                drain(body).await;
+                drain(body, expects_continue).await;
             }
             err.into_response()
         }

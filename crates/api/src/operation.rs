@@ -79,6 +79,8 @@ pub enum ParseError {
     DigestInvalid(String),
     ReferenceInvalid(String),
     ManifestUnknown(String),
+    /// An upload id that cannot name a session (it does not even decode).
+    UploadUnknown(String),
     QueryInvalid(String),
     NotFound,
     MethodNotAllowed,
@@ -180,6 +182,10 @@ impl Query {
     }
 }
 
+/// What an undecodable path segment becomes: it holds `/`, so no decoded segment equals it, a
+/// repository name holding it is invalid, and neither a digest nor a tag parses from it.
+const UNDECODABLE: &str = "/";
+
 fn name(segments: &[&str]) -> Result<RepositoryName, ParseError> {
     let joined = segments.join("/");
     joined
@@ -187,7 +193,13 @@ fn name(segments: &[&str]) -> Result<RepositoryName, ParseError> {
         .map_err(|err: oci::NameError| ParseError::NameInvalid(err.to_string()))
 }
 
-fn digest(text: &str) -> Result<Digest, ParseError> {
+/// The digest of a path segment (`raw` as sent, for the message when it did not decode).
+fn digest(text: &str, raw: &str) -> Result<Digest, ParseError> {
+    if text == UNDECODABLE {
+        return Err(ParseError::DigestInvalid(format!(
+            "{raw:?} is not a digest"
+        )));
+    }
     text.parse()
         .map_err(|err: oci::DigestError| ParseError::DigestInvalid(err.to_string()))
 }
@@ -195,14 +207,17 @@ fn digest(text: &str) -> Result<Digest, ParseError> {
 /// Parses the part of the path after `/v2/` (already split from the query).
 pub fn parse(method: Method, rest: &str, query: Option<&str>) -> Result<Operation, ParseError> {
     let query = Query(query_pairs(query.unwrap_or(""))?);
-    let decoded: Vec<String> = rest
-        .split('/')
+    let raw: Vec<&str> = rest.split('/').collect();
+    // A segment that does not decode, or decodes to text holding `/`, stands as `UNDECODABLE`
+    // (which no decoded segment can equal): where it sits decides what the client is told.
+    let decoded: Vec<String> = raw
+        .iter()
         .map(|segment| {
             percent_decode(segment)
                 .filter(|s| !s.contains('/'))
-                .ok_or_else(|| ParseError::NameInvalid(rest.to_owned()))
+                .unwrap_or_else(|| UNDECODABLE.to_owned())
         })
-        .collect::<Result<_, _>>()?;
+        .collect();
     let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let n = segments.len();
     let tail = |k: usize| if k <= n { &segments[n - k..] } else { &[][..] };
@@ -236,6 +251,15 @@ pub fn parse(method: Method, rest: &str, query: Option<&str>) -> Result<Operatio
     if n >= 3 && segments[n - 2] == "manifests" {
         let name = name(&segments[..n - 2])?;
         let reference: Reference = match segments[n - 1].parse() {
+            _ if segments[n - 1] == UNDECODABLE => {
+                return Err(match method {
+                    Method::Put => ParseError::ReferenceInvalid(format!(
+                        "{:?} is neither a tag nor a digest",
+                        raw[n - 1]
+                    )),
+                    _ => ParseError::ManifestUnknown(raw[n - 1].to_owned()),
+                })
+            }
             Ok(reference) => reference,
             Err(oci::reference::ReferenceError::Digest(err)) => {
                 return Err(ParseError::DigestInvalid(err.to_string()))
@@ -245,7 +269,7 @@ pub fn parse(method: Method, rest: &str, query: Option<&str>) -> Result<Operatio
             Err(oci::reference::ReferenceError::Tag(err)) => {
                 return Err(match method {
                     Method::Put => ParseError::ReferenceInvalid(err.to_string()),
-                    _ => ParseError::ManifestUnknown(segments[n - 1].to_owned()),
+                    _ => ParseError::ManifestUnknown(raw[n - 1].to_owned()),
                 })
             }
         };
@@ -293,6 +317,9 @@ pub fn parse(method: Method, rest: &str, query: Option<&str>) -> Result<Operatio
     }
     if n >= 4 && segments[n - 3] == "blobs" && segments[n - 2] == "uploads" {
         let name = name(&segments[..n - 3])?;
+        if segments[n - 1] == UNDECODABLE {
+            return Err(ParseError::UploadUnknown(raw[n - 1].to_owned()));
+        }
         let id = segments[n - 1].to_owned();
         return match method {
             Method::Get => Ok(Operation::UploadStatus { name, id }),
@@ -311,7 +338,7 @@ pub fn parse(method: Method, rest: &str, query: Option<&str>) -> Result<Operatio
     }
     if n >= 3 && segments[n - 2] == "blobs" {
         let name = name(&segments[..n - 2])?;
-        let digest = digest(segments[n - 1])?;
+        let digest = digest(segments[n - 1], raw[n - 1])?;
         return match method {
             Method::Get => Ok(Operation::GetBlob {
                 name,
@@ -329,7 +356,7 @@ pub fn parse(method: Method, rest: &str, query: Option<&str>) -> Result<Operatio
     }
     if n >= 3 && segments[n - 2] == "referrers" {
         let name = name(&segments[..n - 2])?;
-        let digest = digest(segments[n - 1])?;
+        let digest = digest(segments[n - 1], raw[n - 1])?;
         return match method {
             Method::Get => Ok(Operation::Referrers {
                 name,
@@ -410,6 +437,7 @@ mod tests {
                     ParseError::DigestInvalid(_) => "digest",
                     ParseError::ReferenceInvalid(_) => "reference",
                     ParseError::ManifestUnknown(_) => "manifest-unknown",
+                    ParseError::UploadUnknown(_) => "upload-unknown",
                     ParseError::QueryInvalid(_) => "query",
                     ParseError::NotFound => "not-found",
                     ParseError::MethodNotAllowed => "method",
@@ -479,6 +507,22 @@ mod tests {
             (Get, "App/manifests/latest".into(), "error name"),
             (Get, "../manifests/latest".into(), "error name"),
             (Get, "app%2F..%2Fx/manifests/latest".into(), "error name"),
+            // A bad last segment is blamed on what it is, not on the repository name.
+            (
+                Put,
+                "app/blobs/uploads/..%2F..%2Fetc".into(),
+                "error upload-unknown",
+            ),
+            (
+                Patch,
+                "app/blobs/uploads/%ZZ".into(),
+                "error upload-unknown",
+            ),
+            (Get, "app/blobs/sha256%3A..%2Fx".into(), "error digest"),
+            (Get, "app/referrers/..%2Fx".into(), "error digest"),
+            (Get, "app/manifests/..%2Fx".into(), "error manifest-unknown"),
+            (Put, "app/manifests/..%2Fx".into(), "error reference"),
+            (Get, "app%2F..%2Fx/blobs/uploads/abc".into(), "error name"),
             (
                 Get,
                 format!("app/blobs/{d}"),

@@ -150,7 +150,16 @@ impl Manifest {
             ))),
             (Some(h), Some(Ok(_)) | None) => Ok(h),
             (_, Some(Err(err))) => Err(err),
-            (None, Some(Ok(b))) => Ok(b),
+            // A Content-Type is the body's mediaType or absent: one that names anything else
+            // (text/plain, application/json) would be stored under a type the pusher never
+            // declared.
+            (None, Some(Ok(b))) => match header {
+                Some(other) => Err(ManifestError::Invalid(format!(
+                    "Content-Type {other} does not match the manifest's mediaType {}",
+                    b.media_type()
+                ))),
+                None => Ok(b),
+            },
             (None, None) => match header {
                 // OCI manifests may omit mediaType; the Content-Type then names an unknown type.
                 Some(other)
@@ -307,6 +316,10 @@ mod tests {
             (Some(media_type::OCI_INDEX), image(""), "invalid"),
             (Some(media_type::DOCKER_MANIFEST), image(""), "invalid"),
             (Some(media_type::OCI_MANIFEST), index, "invalid"),
+            // A Content-Type other than the body's mediaType is refused, known type or not.
+            (Some("text/plain"), image(""), "invalid"),
+            (Some("application/json"), docker.clone(), "invalid"),
+            (Some("application/octet-stream"), image(""), "invalid"),
             (
                 Some(media_type::DOCKER_MANIFEST_V1_SIGNED),
                 r#"{"schemaVersion":1}"#.into(),

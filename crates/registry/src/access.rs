@@ -49,6 +49,9 @@ pub struct AccessSettings {
     /// A configured token-signing key (PKCS#8 PEM, P-256). It signs from now on; every key used
     /// before stays valid for verification. Without one, a key is generated on first start.
     pub signing_key: Option<PrivatePem>,
+    /// Where clients reach this registry (`https://host[:port]`, checked at load), for the
+    /// token realm; `None`: the request's checked `Host`.
+    pub external_url: Option<String>,
 }
 
 /// A private key in PEM form; its `Debug` never shows it.
@@ -70,6 +73,7 @@ impl Default for AccessSettings {
             refresh_lifetime: Duration::from_secs(30 * 86_400),
             basic_on_v2: true,
             signing_key: None,
+            external_url: None,
         }
     }
 }

@@ -16,6 +16,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Address and port of the HTTPS listener.
     pub listen: String,
+    /// The `https://` URL clients reach this registry at (the balancer's name behind one): the
+    /// token realm in `/v2` challenges is built from it. Unset: from the request's `Host`.
+    pub external_url: Option<String>,
     /// Load balancers or reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For`
     /// names the client; empty: the client is the TCP peer.
     pub trusted_proxies: Vec<String>,
@@ -302,6 +305,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("./bulwark-data"),
             listen: "0.0.0.0:5000".into(),
+            external_url: None,
             trusted_proxies: Vec::new(),
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
@@ -415,6 +419,10 @@ pub struct Overrides {
     /// Address and port to listen on, e.g. 0.0.0.0:5000 or 127.0.0.1:0 for any free port.
     #[arg(long, env = "BULWARK_LISTEN")]
     pub listen: Option<String>,
+    /// The https:// URL clients reach the registry at, e.g. https://registry.example.com
+    /// (the token realm is built from it instead of the request's Host header).
+    #[arg(long, env = "BULWARK_EXTERNAL_URL")]
+    pub external_url: Option<String>,
     #[arg(long, env = "BULWARK_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     #[arg(long, env = "BULWARK_TLS_KEY", requires = "tls_cert")]
@@ -500,6 +508,9 @@ impl Config {
         if let Some(v) = o.listen {
             config.listen = v;
         }
+        if let Some(v) = o.external_url {
+            config.external_url = Some(v);
+        }
         if let (Some(cert), Some(key)) = (o.tls_cert, o.tls_key) {
             config.tls.cert = Some(cert);
             config.tls.key = Some(key);
@@ -565,6 +576,9 @@ impl Config {
         }
         config.storage.remote()?;
         config.proxies()?;
+        if let Some(url) = &mut config.external_url {
+            *url = external_url(url)?;
+        }
         if config.tls.cert.is_some() != config.tls.key.is_some() {
             anyhow::bail!("tls.cert and tls.key must be set together");
         }
@@ -572,9 +586,53 @@ impl Config {
     }
 }
 
+/// `external_url` as the realm is built from it: `https://` and a host with an optional port,
+/// nothing after it but an optional `/` (dropped). The routes live at the root, so a path
+/// would only name URLs this server does not answer.
+fn external_url(text: &str) -> anyhow::Result<String> {
+    let authority = text
+        .strip_prefix("https://")
+        .map(|rest| rest.strip_suffix('/').unwrap_or(rest))
+        .filter(|authority| api::access::is_host(authority))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "external_url must be https://HOST or https://HOST:PORT (got {text:?}); there is no plaintext listener and the API lives at the root"
+            )
+        })?;
+    Ok(format!("https://{authority}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn external_url_is_an_https_origin() {
+        for (text, expected) in [
+            (
+                "https://registry.example.com",
+                Some("https://registry.example.com"),
+            ),
+            (
+                "https://registry.example.com/",
+                Some("https://registry.example.com"),
+            ),
+            ("https://10.0.0.5:5000", Some("https://10.0.0.5:5000")),
+            ("https://[::1]:5000", Some("https://[::1]:5000")),
+            ("http://registry.example.com", None),
+            ("https://", None),
+            ("https://registry.example.com/v2", None),
+            ("https://user@registry.example.com", None),
+            ("https://a b", None),
+            ("registry.example.com", None),
+        ] {
+            assert_eq!(
+                external_url(text).ok().as_deref(),
+                expected,
+                "external_url {text:?}"
+            );
+        }
+    }
 
     #[test]
     fn the_example_file_equals_the_defaults() {

@@ -10,6 +10,7 @@
 mod cli;
 mod config;
 mod import;
+mod linger;
 mod migrate;
 mod serve;
 mod tls;

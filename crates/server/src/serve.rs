@@ -3,6 +3,8 @@
 //! Invariants:
 //! - There is no plaintext listener. A plaintext HTTP request on the TLS port is answered
 //!   with a short 400 that says to use https, then the connection is closed.
+//! - A connection is never closed under a client still sending: it lingers (`linger`), so an
+//!   answer sent before the request body was read (413, 401, 503) is read, not reset.
 //! - On SIGTERM or SIGINT the listener closes at once; requests in flight get up to the
 //!   configured grace period to finish.
 //! - A first start given `BULWARK_ADMIN_PASSWORD` listens before the admin account exists:
@@ -31,6 +33,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, LogConfig, LogFormat};
+use crate::linger::Lingering;
 use crate::tls;
 
 /// A client that neither sends a TLS hello nor finishes its handshake in time is dropped.
@@ -86,6 +89,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             )),
             None => None,
         },
+        external_url: config.external_url.clone(),
     };
     let mut access = Access::open(identity, settings)
         .await
@@ -214,6 +218,9 @@ async fn serve_connection(
     if first[0] != TLS_HANDSHAKE_RECORD {
         return refuse_plaintext(stream, peer).await;
     }
+    // However the connection ends, what the client still sends is read before it closes, so
+    // an answer given before a body was read reaches the client.
+    let stream = Lingering::new(stream);
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
         .await
         .context("TLS handshake timed out")??;

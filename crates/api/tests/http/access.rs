@@ -11,6 +11,7 @@ use metadata::identity::{
     AccessTokenRecord, AuditFilter, IdentityStore as _, ProjectRecord, RobotRecord, UserRecord,
     UserUpdate,
 };
+use registry::access::AccessSettings;
 use serde_json::Value;
 
 const PASSWORD: &str = "a long enough password";
@@ -455,7 +456,7 @@ async fn tokens_on_v2_are_checked_for_scope_signature_and_subject() {
         .expect_error(401, "UNAUTHORIZED")
         .expect_header(
             "www-authenticate",
-            "Bearer realm=\"https://localhost/auth/token\",service=\"bulwark\",scope=\"repository:team/app:pull,push\",error=\"insufficient_scope\"",
+            "Bearer realm=\"https://registry.test:5000/auth/token\",service=\"bulwark\",scope=\"repository:team/app:pull,push\",error=\"insufficient_scope\"",
         );
     // dev may never delete: a clear denial naming the rule.
     let reply = registry
@@ -1411,6 +1412,82 @@ async fn an_expired_token_continues_an_upload_only_while_its_principal_may_push(
     let reply = registry.send(patch(b"third", 11)).await;
     reply.expect_error(403, "DENIED");
     assert_eq!(reply.json()["errors"][0]["message"], "user dev is disabled");
+}
+
+#[tokio::test]
+async fn a_client_asking_for_exactly_the_challenged_scopes_can_mount() {
+    let registry = team_registry().await;
+    registry.push_image("team/app", "v1", "team").await;
+    let layer = digest(b"layer of team");
+    let mount = format!("/v2/team/copy/blobs/uploads/?mount={layer}&from=team/app");
+    let reply = registry.send(call("POST", &mount).anonymous()).await;
+    reply.expect_error(401, "UNAUTHORIZED").expect_header(
+        "www-authenticate",
+        "Bearer realm=\"https://registry.test:5000/auth/token\",service=\"bulwark\",scope=\"repository:team/copy:pull,push repository:team/app:pull\"",
+    );
+    // As python-dxf and the conformance suite do: one scope parameter per challenged scope.
+    let challenged = reply.header("www-authenticate").to_owned();
+    let scopes = challenged
+        .split("scope=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a scope in the challenge");
+    let query: Vec<String> = scopes
+        .split(' ')
+        .map(|scope| format!("scope={scope}"))
+        .collect();
+    let token = token(&registry, Some(("dev", PASSWORD)), &query.join("&")).await;
+    registry
+        .send(call("POST", &mount).header("authorization", bearer(&token)))
+        .await
+        .expect(201);
+    // Mounting from the repository itself names it once.
+    registry
+        .send(
+            call(
+                "POST",
+                format!("/v2/team/copy/blobs/uploads/?mount={layer}&from=team/copy"),
+            )
+            .anonymous(),
+        )
+        .await
+        .expect_header(
+            "www-authenticate",
+            "Bearer realm=\"https://registry.test:5000/auth/token\",service=\"bulwark\",scope=\"repository:team/copy:pull,push\"",
+        );
+}
+
+#[tokio::test]
+async fn a_request_without_exactly_one_host_is_refused_and_the_realm_never_trusts_it() {
+    let registry = TestRegistry::start().await;
+    for call in [
+        call("GET", "/v2/").header("host", ""),
+        call("GET", "/v2/")
+            .header("host", "registry.test")
+            .header("host", "evil.example"),
+        call("GET", "/v2/").header("host", "evil.example/\",x=\""),
+        call("GET", "/auth/token").header("host", ""),
+    ] {
+        registry.send(call).await.expect_error(400, "UNSUPPORTED");
+    }
+    // With an external URL configured, the realm is built from it whatever Host says.
+    let registry = TestRegistry::with_settings(AccessSettings {
+        external_url: Some("https://registry.example.com".into()),
+        ..AccessSettings::default()
+    })
+    .await;
+    registry
+        .send(
+            call("GET", "/v2/team/app/manifests/latest")
+                .anonymous()
+                .header("host", "evil.example"),
+        )
+        .await
+        .expect_error(401, "UNAUTHORIZED")
+        .expect_header(
+            "www-authenticate",
+            "Bearer realm=\"https://registry.example.com/auth/token\",service=\"bulwark\",scope=\"repository:team/app:pull\"",
+        );
 }
 
 #[tokio::test]

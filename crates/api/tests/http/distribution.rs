@@ -467,6 +467,9 @@ async fn unknown_upload_ids_are_404_blob_upload_unknown() {
     for id in [
         "not-a-uuid",
         "..",
+        // Decodes to a path: it is the upload id that is wrong, not the repository name.
+        "..%2F..%2Fetc",
+        "%ZZ",
         "00000000-0000-0000-0000-000000000000",
         fresh.as_str(),
     ] {
@@ -1188,6 +1191,16 @@ async fn malformed_manifests_are_refused_as_manifest_invalid() {
         (
             "Content-Type Docker, body OCI mediaType",
             DOCKER_MANIFEST,
+            valid.bytes.clone(),
+        ),
+        (
+            "Content-Type text/plain, body OCI mediaType",
+            "text/plain",
+            valid.bytes.clone(),
+        ),
+        (
+            "Content-Type application/json, body OCI mediaType",
+            "application/json",
             valid.bytes.clone(),
         ),
         ("schemaVersion 1", OCI_MANIFEST, schema1.into_bytes()),

@@ -75,7 +75,13 @@ impl TestRegistry {
     }
 
     pub async fn with_limits(limits: Limits) -> TestRegistry {
-        let registry = TestRegistry::assemble(limits, None).await;
+        let registry = TestRegistry::assemble(limits, AccessSettings::default(), None).await;
+        registry.create_admin().await;
+        registry
+    }
+
+    pub async fn with_settings(settings: AccessSettings) -> TestRegistry {
+        let registry = TestRegistry::assemble(test_limits(), settings, None).await;
         registry.create_admin().await;
         registry
     }
@@ -84,12 +90,14 @@ impl TestRegistry {
     /// logins held until the returned sender says it does (`create_admin`, then `true`).
     pub async fn first_start() -> (TestRegistry, tokio::sync::watch::Sender<bool>) {
         let (created, ready) = tokio::sync::watch::channel(false);
-        let registry = TestRegistry::assemble(test_limits(), Some(ready)).await;
+        let registry =
+            TestRegistry::assemble(test_limits(), AccessSettings::default(), Some(ready)).await;
         (registry, created)
     }
 
     async fn assemble(
         limits: Limits,
+        settings: AccessSettings,
         accounts_ready: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> TestRegistry {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -98,7 +106,7 @@ impl TestRegistry {
             .expect("open the metadata database");
         let blobs = BlobStore::local(&dir.path().join("storage")).expect("open blob storage");
         let store = Arc::new(store);
-        let mut access = Access::open(store.clone(), AccessSettings::default())
+        let mut access = Access::open(store.clone(), settings)
             .await
             .expect("open access control");
         if let Some(ready) = accounts_ready {
@@ -340,8 +348,18 @@ impl Call {
             self.headers
                 .push(("authorization".into(), format!("Basic {encoded}")));
         }
+        // Clients send the host they reached; an empty `host` asks for none at all.
+        if !self
+            .headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+        {
+            self.headers
+                .push(("host".into(), "registry.test:5000".into()));
+        }
         self.headers.retain(|(name, value)| {
-            !(name.eq_ignore_ascii_case("authorization") && value.is_empty())
+            !((name.eq_ignore_ascii_case("authorization") || name.eq_ignore_ascii_case("host"))
+                && value.is_empty())
         });
         let mut builder = Request::builder()
             .method(Method::from_bytes(self.method.as_bytes()).expect("a method"))
