@@ -670,8 +670,9 @@ mod tests {
                 .expect("patch");
             let whole = [patched, last].concat();
             let digest = digest_of(&whole);
-            // The first PUT got as far as putting the bytes under the digest, then the
-            // metadata store failed: the session's record survives, its staged file does not.
+            // The first PUT claimed the session and got as far as putting the bytes under the
+            // digest, then the metadata store failed: the session's record survives, still
+            // claimed, and its staged file does not.
             let record = registry
                 .metadata
                 .upload(id)
@@ -684,6 +685,10 @@ mod tests {
                 .finish(&id.to_string(), record.offset, &state, body(last), ())
                 .await
                 .expect("finish");
+            registry
+                .claim_end(&record, Some(&digest))
+                .await
+                .expect("the first PUT's claim");
             registry.blobs.commit(finishing).await.expect("commit");
             assert!(!staging_file(&dir, id).exists());
 
