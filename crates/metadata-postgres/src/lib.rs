@@ -8,7 +8,9 @@
 //!   for the commit instead of slipping between the check and the write.
 //! - Upserts are single `INSERT ... ON CONFLICT` statements, never "read, then insert".
 //! - An upload advances only with `UPDATE ... WHERE byte_offset = $expected` (compare and
-//!   swap), so two replicas cannot both append to one upload.
+//!   swap), so two replicas cannot both append to one upload; it is claimed for ending the
+//!   same way (`UPDATE ... WHERE byte_offset = $offset AND <not claimed by another>`), so two
+//!   replicas cannot both finish it.
 //! - `add_first_signing_key` holds a table lock for its transaction, so replicas starting
 //!   together agree on one key.
 //! - Losing the database (refused connection, pool timeout, server shutting down) is
@@ -663,13 +665,36 @@ impl MetadataStore for PostgresStore {
     ) -> Result<bool, Error> {
         // Compare and swap: of two replicas advancing from the same offset, the second finds
         // the row changed (READ COMMITTED re-checks the WHERE after waiting) and loses.
-        let result = sqlx::query("UPDATE uploads SET byte_offset = $1, hash_state = $2, storage_state = $3, updated_at = $4 WHERE id = $5::uuid AND byte_offset = $6")
+        let result = sqlx::query("UPDATE uploads SET byte_offset = $1, hash_state = $2, storage_state = $3, updated_at = $4, claimed_until = NULL, claimed_digest = NULL WHERE id = $5::uuid AND byte_offset = $6 AND (claimed_until IS NULL OR claimed_until <= $4)")
             .bind(to_i64(offset))
             .bind(hash_state)
             .bind(storage_state)
             .bind(now)
             .bind(id.to_string())
             .bind(to_i64(expected_offset))
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn claim_upload(
+        &self,
+        id: UploadId,
+        offset: u64,
+        digest: Option<&Digest>,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, Error> {
+        // Compare and swap, like `advance_upload`: the second of two claims waits for the
+        // first's commit, re-checks the WHERE on the claimed row and loses. A NULL digest (a
+        // discard) equals no claim's digest, so it never shares one.
+        let result = sqlx::query("UPDATE uploads SET claimed_until = $1, claimed_digest = $2, updated_at = $3 WHERE id = $4::uuid AND byte_offset = $5 AND (claimed_until IS NULL OR claimed_until <= $3 OR claimed_digest = $2)")
+            .bind(until)
+            .bind(digest.map(Digest::to_string))
+            .bind(now)
+            .bind(id.to_string())
+            .bind(to_i64(offset))
             .execute(&self.pool)
             .await
             .map_err(backend)?;
@@ -694,6 +719,7 @@ impl MetadataStore for PostgresStore {
         // SKIP LOCKED: replicas sweeping at once each take different rows instead of waiting.
         let rows = sqlx::query(&format!(
             "WITH claimed AS (SELECT id FROM uploads WHERE updated_at < $1 \
+               AND (claimed_until IS NULL OR claimed_until <= $3) \
                ORDER BY updated_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
              UPDATE uploads SET updated_at = $3 FROM claimed WHERE uploads.id = claimed.id \
              RETURNING {UPLOAD_COLUMNS}"

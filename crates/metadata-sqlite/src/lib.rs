@@ -601,13 +601,38 @@ impl MetadataStore for SqliteStore {
         storage_state: &[u8],
         now: Timestamp,
     ) -> Result<bool, Error> {
-        let result = sqlx::query("UPDATE uploads SET byte_offset = ?, hash_state = ?, storage_state = ?, updated_at = ? WHERE id = ? AND byte_offset = ?")
+        let result = sqlx::query("UPDATE uploads SET byte_offset = ?, hash_state = ?, storage_state = ?, updated_at = ?, claimed_until = NULL, claimed_digest = NULL WHERE id = ? AND byte_offset = ? AND (claimed_until IS NULL OR claimed_until <= ?)")
             .bind(to_i64(offset))
             .bind(hash_state)
             .bind(storage_state)
             .bind(now)
             .bind(id.to_string())
             .bind(to_i64(expected_offset))
+            .bind(now)
+            .execute(&self.writer)
+            .await
+            .map_err(backend)?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn claim_upload(
+        &self,
+        id: UploadId,
+        offset: u64,
+        digest: Option<&Digest>,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, Error> {
+        // One statement on the single writer: of two claims, the second sees the first's.
+        // A NULL digest (a discard) equals no claim's digest, so it never shares one.
+        let result = sqlx::query("UPDATE uploads SET claimed_until = ?, claimed_digest = ?, updated_at = ? WHERE id = ? AND byte_offset = ? AND (claimed_until IS NULL OR claimed_until <= ? OR claimed_digest = ?)")
+            .bind(until)
+            .bind(digest.map(Digest::to_string))
+            .bind(now)
+            .bind(id.to_string())
+            .bind(to_i64(offset))
+            .bind(now)
+            .bind(digest.map(Digest::to_string))
             .execute(&self.writer)
             .await
             .map_err(backend)?;
@@ -632,11 +657,14 @@ impl MetadataStore for SqliteStore {
         // One statement is one write transaction: SQLite's single writer makes the claim atomic.
         let rows = sqlx::query(
             "UPDATE uploads SET updated_at = ? WHERE id IN \
-             (SELECT id FROM uploads WHERE updated_at < ? ORDER BY updated_at LIMIT ?) \
+             (SELECT id FROM uploads WHERE updated_at < ? \
+               AND (claimed_until IS NULL OR claimed_until <= ?) \
+               ORDER BY updated_at LIMIT ?) \
              RETURNING *",
         )
         .bind(now)
         .bind(before)
+        .bind(now)
         .bind(i64::from(limit))
         .fetch_all(&self.writer)
         .await

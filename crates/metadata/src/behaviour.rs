@@ -54,6 +54,7 @@ pub async fn run(store: &dyn MetadataStore) {
     listings_paginate_in_lexical_order(store).await;
     referrers_filter_by_artifact_type(store).await;
     uploads_advance_only_from_the_expected_offset(store).await;
+    one_claim_ends_an_upload(store).await;
 }
 
 async fn blobs_are_visible_per_repository(store: &dyn MetadataStore) {
@@ -431,6 +432,83 @@ async fn uploads_advance_only_from_the_expected_offset(store: &dyn MetadataStore
     assert!(store.delete_upload(id).await.expect("delete"));
     assert!(!store.delete_upload(id).await.expect("delete"));
     assert_eq!(store.upload(id).await.expect("query"), None);
+}
+
+async fn one_claim_ends_an_upload(store: &dyn MetadataStore) {
+    let id = UploadId(uuid::Uuid::from_u128(9));
+    let record = UploadRecord {
+        id,
+        repository: name("uploads/ending"),
+        offset: 0,
+        hash_state: vec![1],
+        storage_state: Vec::new(),
+        principal: None,
+        created_at: 1_000,
+        updated_at: 1_000,
+    };
+    store.create_upload(&record).await.expect("create");
+    let (mine, theirs) = (digest(40), digest(41));
+    let claim = |offset, digest, now, until| store.claim_upload(id, offset, digest, now, until);
+
+    assert!(
+        !claim(5, Some(&mine), 1_100, 1_200).await.expect("claim"),
+        "a claim from an offset the upload is not at loses"
+    );
+    assert!(claim(0, Some(&mine), 1_100, 1_200).await.expect("claim"));
+    assert_eq!(
+        store.upload(id).await.expect("query").map(|u| u.updated_at),
+        Some(1_100),
+        "a claim touches the upload"
+    );
+    assert!(
+        !claim(0, Some(&theirs), 1_150, 1_250).await.expect("claim"),
+        "a finish as another digest loses to a live claim"
+    );
+    assert!(
+        !claim(0, None, 1_150, 1_250).await.expect("claim"),
+        "so does a discard"
+    );
+    assert!(
+        !store
+            .advance_upload(id, 0, 10, &[2], &[], 1_150)
+            .await
+            .expect("advance"),
+        "a claimed upload does not advance"
+    );
+    assert!(
+        !store
+            .claim_stale_uploads(i64::MAX, 1_150, 100)
+            .await
+            .expect("stale")
+            .iter()
+            .any(|u| u.id == id),
+        "nor is it stale while the claim holds"
+    );
+    assert!(
+        claim(0, Some(&mine), 1_150, 1_250).await.expect("claim"),
+        "a finish as the same digest goes on (a retried PUT)"
+    );
+
+    // The claimant crashed: once its claim expires, the upload is usable again.
+    assert!(claim(0, None, 1_250, 1_350).await.expect("claim"));
+    assert!(
+        !claim(0, None, 1_300, 1_400).await.expect("claim"),
+        "two discards never share a claim"
+    );
+    assert!(store
+        .advance_upload(id, 0, 10, &[2], &[], 1_350)
+        .await
+        .expect("advance"));
+    assert!(
+        claim(10, Some(&theirs), 1_360, 1_460).await.expect("claim"),
+        "the advance cleared the expired claim"
+    );
+
+    assert!(store.delete_upload(id).await.expect("delete"));
+    assert!(
+        !claim(10, Some(&theirs), 1_400, 1_500).await.expect("claim"),
+        "an upload that is gone cannot be claimed"
+    );
 }
 
 /// Runs every identity check against `store`, which must start empty.

@@ -184,7 +184,9 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     async fn upload(&self, id: UploadId) -> Result<Option<UploadRecord>, Error>;
 
-    /// Advances an upload from `expected_offset`; false when another writer moved it first.
+    /// Advances an upload from `expected_offset`; false when another writer moved it first,
+    /// or a request ending it holds a claim that has not expired (`claim_upload`). An expired
+    /// claim is cleared: its holder is presumed gone.
     async fn advance_upload(
         &self,
         id: UploadId,
@@ -195,12 +197,30 @@ pub trait MetadataStore: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<bool, Error>;
 
+    /// Claims an upload standing at `offset` for the one request that ends it, until `until`:
+    /// to finish it as `digest`, or to discard it (`None`). False when the upload is gone, has
+    /// moved on, or is claimed by another request whose claim has not expired, unless both
+    /// finish it as the same digest (the same content, so a retried finish goes on and both
+    /// put the same verified bytes in place). So of two replicas ending one session, the
+    /// second learns it lost before it commits anything. The claim touches the upload at
+    /// `now`; until it expires the upload neither advances nor goes stale.
+    async fn claim_upload(
+        &self,
+        id: UploadId,
+        offset: u64,
+        digest: Option<&Digest>,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, Error>;
+
     /// Deletes an upload record; false when it did not exist.
     async fn delete_upload(&self, id: UploadId) -> Result<bool, Error>;
 
     /// Claims up to `limit` uploads not touched since `before` (oldest first), for removal:
     /// each is marked touched at `now` in the same transaction, so replicas sweeping at the
     /// same time never claim the same upload. A claim abandoned by a crash ages out again.
+    /// An upload a request ending it has claimed (`claim_upload`) is not stale until that
+    /// claim expires.
     async fn claim_stale_uploads(
         &self,
         before: Timestamp,

@@ -73,9 +73,10 @@ impl From<blobstore::Error> for Error {
             }
             blobstore::Error::Unavailable(text) => Error::Unavailable(text),
             blobstore::Error::Storage(text) => Error::Internal(text),
-            blobstore::Error::Lost(text) => {
-                Error::UploadInvalid(format!("{text}; start the upload again"))
-            }
+            // The text names internal objects; `Registry::failed` logs it.
+            blobstore::Error::Lost(_) => Error::UploadInvalid(
+                "the bytes staged for this upload are gone; start the upload again".into(),
+            ),
         }
     }
 }

@@ -23,6 +23,13 @@
 //! - Across replicas (object-store staging) the record's compare-and-swap decides: each
 //!   request stages under names the record does not hold yet, and the request whose advance
 //!   loses removes what it staged.
+//! - A session is ended (finished, or discarded) by the one request that claims its record
+//!   in the metadata store (`claim_upload`), across replicas, after hashing its last bytes
+//!   and before committing or removing any: a request that loses the claim has put nothing
+//!   under a digest and linked nothing, removes only what it staged itself, and is told the
+//!   session is unknown (it has ended, or is ending). Two finishes as the same digest share
+//!   the claim, so a retried `PUT` goes on. A claim whose holder died expires
+//!   (`END_CLAIM`); until then only a finish as its digest goes on.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -35,6 +42,11 @@ use metadata::{UploadId, UploadRecord};
 use oci::{Algorithm, ByteRange, Digest, RepositoryName};
 
 use crate::{now, Error, Registry};
+
+/// How long a claim to end a session holds: longer than any commit takes (an object store
+/// completing a multipart upload and copying up to 5 GiB server-side), so a claim expires
+/// only when its holder died, and then the session is usable again.
+const END_CLAIM: Duration = Duration::from_secs(15 * 60);
 
 /// Where an upload stands: the client resumes from `offset`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,8 +167,9 @@ impl Registry {
         if finished.is_err() {
             // The client never learned of this session, so it can neither retry nor cancel
             // it. This request staged at most what a fresh state names (on local disk, the
-            // session's file; in an object store, objects under its prefix).
-            self.discard(status.id, &UploadState::new()).await;
+            // session's file; in an object store, objects under its prefix). Nobody else
+            // knows its id, so no other request can be ending it: it is removed unclaimed.
+            self.remove(status.id, &UploadState::new()).await;
         }
         finished
     }
@@ -262,7 +275,7 @@ impl Registry {
             .await
         {
             Ok(written) => written,
-            Err(err) => return Err(self.failed(record, &before, err).await),
+            Err(err) => return Err(self.failed(record, &before, err, false).await),
         };
         if let Err(err) = Self::check_length(range, written) {
             self.blobs.release(&session, &state, &before).await;
@@ -291,7 +304,7 @@ impl Registry {
             Ok(false) => {
                 self.blobs.release(&session, &state, &before).await;
                 Err(Error::UploadInvalid(
-                    "another request advanced this upload at the same time".into(),
+                    "another request advanced or is finishing this upload at the same time".into(),
                 ))
             }
             // Whether the record took the change is unknown: both states' bytes stay until
@@ -302,17 +315,52 @@ impl Registry {
 
     /// A staging failure, as the client sees it. A session whose staged bytes are lost can
     /// never finish: it is discarded rather than left to fail every request until it expires.
+    /// Unless this request holds the session's claim (`claimed`), bytes found gone may have
+    /// been committed by a request ending the session on another replica: then the session
+    /// is that request's, and this one is told it is unknown. What is gone is only logged: it
+    /// names internal objects.
     async fn failed(
         &self,
         record: &UploadRecord,
         staged: &UploadState,
         err: blobstore::Error,
+        claimed: bool,
     ) -> Error {
         if let blobstore::Error::Lost(text) = &err {
-            tracing::warn!(upload = %record.id, "discarding upload {}: {text}", record.id);
-            self.discard(record.id, staged).await;
+            tracing::warn!(upload = %record.id, "staged bytes of upload {} are lost: {text}", record.id);
+            if claimed {
+                self.remove(record.id, staged).await;
+            } else if let Err(not_discarded) = self.discard(record, staged).await {
+                return not_discarded;
+            }
         }
         err.into()
+    }
+
+    /// Claims the session for this request, which ends it: finishing it as `digest`, or
+    /// discarding it (`None`). Of two requests ending one session, on any replicas, the
+    /// second is refused here, before it has committed or removed anything.
+    async fn claim_end(&self, record: &UploadRecord, digest: Option<&Digest>) -> Result<(), Error> {
+        let time = now();
+        let until = time.saturating_add(i64::try_from(END_CLAIM.as_secs()).unwrap_or(i64::MAX));
+        if self
+            .metadata
+            .claim_upload(record.id, record.offset, digest, time, until)
+            .await?
+        {
+            return Ok(());
+        }
+        match self.metadata.upload(record.id).await? {
+            Some(current) if current.offset != record.offset => Err(Error::UploadInvalid(
+                "another request advanced this upload at the same time".into(),
+            )),
+            // Gone, or claimed by a request ending it: either way it has ended for this one,
+            // whenever this request arrived.
+            _ => {
+                tracing::info!(upload = %record.id, "upload {} is ended by another request", record.id);
+                Err(Error::UploadUnknown(record.id.to_string()))
+            }
+        }
     }
 
     fn state(record: &UploadRecord) -> Result<UploadState, Error> {
@@ -362,7 +410,8 @@ impl Registry {
         let (writing, record) = self.session_to_write(repository, id, owner).await?;
         let before = Self::state(&record)?;
         if digest.algorithm() != Algorithm::Sha256 {
-            self.discard(record.id, &before).await;
+            // The client's mistake ends the session, unless another request is ending it.
+            let _ = self.discard(&record, &before).await;
             return Err(Error::DigestInvalid(format!(
                 "digest {digest} uses an algorithm this registry does not compute; use sha256"
             )));
@@ -380,7 +429,7 @@ impl Registry {
             .await
         {
             Ok(finishing) => finishing,
-            Err(err) => return Err(self.failed(&record, &before, err).await),
+            Err(err) => return Err(self.failed(&record, &before, err, false).await),
         };
         if let Err(err) = Self::check_length(range, finishing.written) {
             self.blobs
@@ -389,14 +438,25 @@ impl Registry {
             return Err(err);
         }
         if finishing.digest != *digest {
-            // The finishing state holds everything the record's state staged, and more.
-            self.discard(record.id, &finishing.state).await;
+            // The finishing state holds everything the record's state staged, and more. If
+            // another request is ending the session, only what this one staged goes.
+            if self.discard(&record, &finishing.state).await.is_err() {
+                self.blobs
+                    .release(&session, &finishing.state, &before)
+                    .await;
+            }
             return Err(Self::mismatch(&finishing.digest, digest));
+        }
+        if let Err(lost) = self.claim_end(&record, Some(digest)).await {
+            self.blobs
+                .release(&session, &finishing.state, &before)
+                .await;
+            return Err(lost);
         }
         let size = finishing.size;
         let staged = finishing.state.clone();
         if let Err(err) = self.blobs.commit(finishing).await {
-            return Err(self.failed(&record, &staged, err).await);
+            return Err(self.failed(&record, &staged, err, true).await);
         }
         self.metadata
             .link_blob(repository, digest, size, now())
@@ -431,7 +491,8 @@ impl Registry {
         let hashed = blobstore::hash_rest(before, body).await?;
         Self::check_length(range, hashed.written)?;
         if hashed.digest != *digest {
-            self.discard(record.id, before).await;
+            // Logged by `discard`; the client hears about its digest either way.
+            let _ = self.discard(record, before).await;
             return Err(Self::mismatch(&hashed.digest, digest));
         }
         if hashed.size != stored {
@@ -440,6 +501,7 @@ impl Registry {
                 hashed.size
             )));
         }
+        self.claim_end(record, Some(digest)).await?;
         self.blobs.make_durable(digest).await?;
         self.metadata
             .link_blob(repository, digest, stored, now())
@@ -463,15 +525,29 @@ impl Registry {
         owner: &str,
     ) -> Result<(), Error> {
         let (_writing, record) = self.session_to_write(repository, id, owner).await?;
-        self.blobs
-            .abort(&record.id.to_string(), &Self::state(&record)?)
-            .await?;
+        let state = Self::state(&record)?;
+        self.claim_end(&record, None).await?;
+        self.blobs.abort(&record.id.to_string(), &state).await?;
         self.metadata.delete_upload(record.id).await?;
         Ok(())
     }
 
-    /// Best effort: a failure here leaves a session that expiry removes later.
-    async fn discard(&self, id: UploadId, staged: &UploadState) {
+    /// Ends a session this request cannot finish: claims it, then removes its bytes and its
+    /// record. Err when the claim is lost (another request is ending the session, or moved
+    /// it on) or cannot be made; then nothing the session records is touched.
+    async fn discard(&self, record: &UploadRecord, staged: &UploadState) -> Result<(), Error> {
+        if let Err(err) = self.claim_end(record, None).await {
+            tracing::info!(upload = %record.id, "upload {} is not discarded: {err}", record.id);
+            return Err(err);
+        }
+        self.remove(record.id, staged).await;
+        Ok(())
+    }
+
+    /// Removes a session's bytes and record, unclaimed (the caller holds the claim, or the
+    /// session is unknown to anyone else). Best effort: a failure here leaves a session that
+    /// expiry removes later.
+    async fn remove(&self, id: UploadId, staged: &UploadState) {
         let session = id.to_string();
         if let Err(err) = self.blobs.abort(&session, staged).await {
             tracing::warn!(upload = %session, "could not remove the bytes of upload {session}: {err}");
@@ -521,6 +597,7 @@ mod tests {
     use std::convert::Infallible;
     use std::path::PathBuf;
 
+    use blobstore::testing::S3Server;
     use blobstore::{BlobStore, Sha256State};
     use futures_util::stream::{self, StreamExt};
 
@@ -593,8 +670,9 @@ mod tests {
                 .expect("patch");
             let whole = [patched, last].concat();
             let digest = digest_of(&whole);
-            // The first PUT got as far as putting the bytes under the digest, then the
-            // metadata store failed: the session's record survives, its staged file does not.
+            // The first PUT claimed the session and got as far as putting the bytes under the
+            // digest, then the metadata store failed: the session's record survives, still
+            // claimed, and its staged file does not.
             let record = registry
                 .metadata
                 .upload(id)
@@ -607,6 +685,10 @@ mod tests {
                 .finish(&id.to_string(), record.offset, &state, body(last), ())
                 .await
                 .expect("finish");
+            registry
+                .claim_end(&record, Some(&digest))
+                .await
+                .expect("the first PUT's claim");
             registry.blobs.commit(finishing).await.expect("commit");
             assert!(!staging_file(&dir, id).exists());
 
@@ -703,8 +785,8 @@ mod tests {
                     .map(|_| ())
             };
             assert!(
-                matches!(refused, Err(Error::UploadInvalid(_))),
-                "{refused:?}"
+                matches!(&refused, Err(Error::UploadInvalid(text)) if !text.contains("uploads/")),
+                "refused without naming the staged bytes: {refused:?}"
             );
             assert!(!staging_file(&dir, id).exists(), "no bytes were invented");
             assert!(!blob_file(&dir, &digest).exists(), "no blob was written");
@@ -799,5 +881,173 @@ mod tests {
     /// Refused because another request is writing the session.
     fn is_busy(result: &Result<(), Error>) -> bool {
         matches!(result, Err(Error::UploadInvalid(text)) if text.contains("another request"))
+    }
+
+    /// Two replicas, as two `bulwark serve` processes sharing a database and a bucket: each
+    /// its own `Registry` (so its own writer claims) with its own connections to one metadata
+    /// database and its own client of one bucket prefix.
+    async fn replicas(server: &S3Server) -> (Arc<Registry>, Arc<Registry>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let settings = server.settings();
+        let mut replicas = Vec::new();
+        for _ in 0..2 {
+            let store = metadata_sqlite::SqliteStore::open(&dir.path().join("metadata.db"))
+                .await
+                .expect("metadata");
+            let blobs = BlobStore::remote(&settings).expect("blobs");
+            replicas.push(Arc::new(Registry::new(
+                Arc::new(store),
+                blobs,
+                Limits::default(),
+            )));
+        }
+        let b = replicas.pop().expect("two");
+        let a = replicas.pop().expect("two");
+        (a, b, dir)
+    }
+
+    /// A body that signals `polled` when the request first asks for it (the session has been
+    /// read by then), then holds its bytes back until `go`.
+    fn held_body(
+        bytes: Vec<u8>,
+        polled: tokio::sync::oneshot::Sender<()>,
+        go: tokio::sync::oneshot::Receiver<()>,
+    ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
+        stream::once(async move {
+            let _ = polled.send(());
+            let _ = go.await;
+            Ok(Bytes::from(bytes))
+        })
+    }
+
+    #[tokio::test]
+    async fn upload_sessions_across_two_replicas_on_s3() {
+        let server = S3Server::start();
+        two_replicas_finishing_one_session_with_different_bodies_store_only_the_winners_blob(
+            &server,
+        )
+        .await;
+        a_chunk_racing_a_finish_on_another_replica_is_told_the_session_is_unknown(&server).await;
+    }
+
+    async fn two_replicas_finishing_one_session_with_different_bodies_store_only_the_winners_blob(
+        server: &S3Server,
+    ) {
+        let repo = repository();
+        // A fresh session, one holding 1 MiB (a staged tail), and a fresh one whose finishing
+        // bodies fill a part each (a multipart upload of their own).
+        let cases = [(0, 6), (1024 * 1024, 6), (0, blobstore::MIN_PART_SIZE + 1)];
+        for (patched, len) in cases {
+            let (a, b, _dir) = replicas(server).await;
+            let id = start(&a).await.to_string();
+            let prefix = vec![b'p'; patched];
+            if patched > 0 {
+                a.append_upload(
+                    &repo,
+                    &id,
+                    None,
+                    stream::iter([Ok::<_, Infallible>(Bytes::from(prefix.clone()))]),
+                    OWNER,
+                )
+                .await
+                .expect("patch");
+            }
+            let (first, second) = (vec![b'1'; len], vec![b'2'; len]);
+            let first_digest = digest_of(&[&prefix[..], &first].concat());
+            let second_digest = digest_of(&[&prefix[..], &second].concat());
+
+            // B reads the session, then A's finish runs from start to end, then B's goes on.
+            let (polled, read) = tokio::sync::oneshot::channel();
+            let (go, held) = tokio::sync::oneshot::channel();
+            let late = tokio::spawn({
+                let (b, repo, id, digest) = (
+                    Arc::clone(&b),
+                    repo.clone(),
+                    id.clone(),
+                    second_digest.clone(),
+                );
+                let body = held_body(second, polled, held);
+                async move {
+                    b.finish_upload(&repo, &id, &digest, None, body, OWNER)
+                        .await
+                }
+            });
+            read.await.expect("B has read the session");
+            a.finish_upload(
+                &repo,
+                &id,
+                &first_digest,
+                None,
+                stream::iter([Ok::<_, Infallible>(Bytes::from(first))]),
+                OWNER,
+            )
+            .await
+            .expect("the first finish wins");
+            go.send(()).expect("B waits");
+            let lost = late.await.expect("B's finish");
+            let case = format!("{patched} bytes patched, {len} bytes finishing");
+            assert!(
+                matches!(&lost, Err(Error::UploadUnknown(_))),
+                "{case}: the second finish loses: {lost:?}"
+            );
+            let text = lost.expect_err("lost").to_string();
+            assert!(
+                !text.contains("uploads/"),
+                "{case}: no internal name: {text}"
+            );
+            assert!(
+                b.blobs
+                    .stored_size(&first_digest)
+                    .await
+                    .expect("head")
+                    .is_some(),
+                "{case}: the winner's blob is stored"
+            );
+            assert_eq!(
+                b.blobs.stored_size(&second_digest).await.expect("head"),
+                None,
+                "{case}: the loser's is not"
+            );
+            assert!(
+                matches!(
+                    b.stat_blob(&repo, &second_digest).await,
+                    Err(Error::BlobUnknown(_))
+                ),
+                "{case}: nor linked"
+            );
+            assert!(b.stat_blob(&repo, &first_digest).await.is_ok(), "{case}");
+        }
+    }
+
+    async fn a_chunk_racing_a_finish_on_another_replica_is_told_the_session_is_unknown(
+        server: &S3Server,
+    ) {
+        // B's PATCH reads the session (with a staged tail), A finishes it (removing the tail),
+        // then B's bytes arrive and find the tail gone: the session has ended, which B must
+        // hear without the names of objects in the bucket, and nothing A left is discarded.
+        let repo = repository();
+        let (a, b, _dir) = replicas(server).await;
+        let id = start(&a).await.to_string();
+        a.append_upload(&repo, &id, None, body(b"hello"), OWNER)
+            .await
+            .expect("patch");
+        let (polled, read) = tokio::sync::oneshot::channel();
+        let (go, held) = tokio::sync::oneshot::channel();
+        let late = tokio::spawn({
+            let (b, repo, id) = (Arc::clone(&b), repo.clone(), id.clone());
+            let body = held_body(b" again".to_vec(), polled, held);
+            async move { b.append_upload(&repo, &id, None, body, OWNER).await }
+        });
+        read.await.expect("B has read the session");
+        let digest = digest_of(b"hello!");
+        a.finish_upload(&repo, &id, &digest, None, body(b"!"), OWNER)
+            .await
+            .expect("finish");
+        go.send(()).expect("B waits");
+        let lost = late.await.expect("B's patch");
+        assert!(matches!(&lost, Err(Error::UploadUnknown(_))), "{lost:?}");
+        let text = lost.expect_err("lost").to_string();
+        assert!(!text.contains("uploads/"), "no internal name: {text}");
+        assert_eq!(b.stat_blob(&repo, &digest).await.expect("linked"), 6);
     }
 }
