@@ -634,4 +634,9 @@ mod tests {
         assert_eq!(percent_decode("bad%4"), None);
         assert_eq!(percent_decode("%ff%fe"), None);
     }
+
+    #[test]
+    fn the_operation_fuzz_corpus_replays() {
+        crate::fuzz::replay("operation", crate::fuzz::operation);
+    }
 }

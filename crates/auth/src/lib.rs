@@ -7,6 +7,9 @@
 //! - Secrets are stored only as hashes (argon2id for passwords, SHA-256 for high-entropy API
 //!   secrets) and compared in constant time; no `Debug` here prints one.
 
+/// The fuzz targets' checks, shared with the corpus replay tests.
+#[cfg(any(test, fuzzing))]
+pub mod fuzz;
 pub mod password;
 pub mod policy;
 pub mod scope;
