@@ -7,12 +7,15 @@
 //! Invariant: each function returns normally for every input; it panics only when the parser
 //! panics or breaks an invariant it states.
 
+use std::net::IpAddr;
+
 use axum::http::{header, HeaderMap, HeaderValue};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use oci::{Digest, RepositoryName};
 
 use crate::access::{basic_credentials, bearer_token};
+use crate::forwarded::{Network, TrustedProxies};
 use crate::operation::{self, Method, Operation};
 
 /// `operation`: a request line's method and target as the router sees them,
@@ -88,6 +91,39 @@ pub fn authorization(data: &[u8]) {
     }
     if let Some(token) = bearer_token(&headers) {
         assert_eq!(token.trim(), token);
+    }
+}
+
+/// `forwarded`: trusted proxies (comma-separated) on the first line, the TCP peer on the
+/// second, then one `X-Forwarded-For` line per line, read as throttling and the audit log do.
+pub fn forwarded(data: &[u8]) {
+    let mut lines = data.split(|&b| b == b'\n');
+    let networks: Vec<Network> = std::str::from_utf8(lines.next().unwrap_or_default())
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|text| text.parse().ok())
+        .collect();
+    let peer: IpAddr = std::str::from_utf8(lines.next().unwrap_or_default())
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(IpAddr::from([10, 0, 0, 1]));
+    let mut headers = HeaderMap::new();
+    for line in lines {
+        if let Ok(value) = HeaderValue::from_bytes(line) {
+            headers.append("x-forwarded-for", value);
+        }
+    }
+    let trusted = !networks.is_empty();
+    let client = TrustedProxies::new(networks).client(peer, &headers);
+    if !trusted {
+        let canonical = match peer {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+            IpAddr::V4(_) => peer,
+        };
+        assert_eq!(
+            client, canonical,
+            "no proxy is trusted: the client is the peer"
+        );
     }
 }
 
