@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use metadata::identity::SigningKeyRecord;
 use metadata::schema::MigrationRun;
-use metadata::{Error, IdentityStore, MetadataStore};
+use metadata::{Error, IdentityStore, MetadataStore, UploadLimits};
 use metadata_postgres::testing::{write_unrelated_ca, Cluster};
 use metadata_postgres::{PoolSettings, PostgresStore};
 use oci::{Digest, RepositoryName};
@@ -483,16 +483,19 @@ async fn replicas_sweeping_together_never_claim_the_same_upload() {
     let repository: RepositoryName = "sweep/app".parse().expect("valid");
     for n in 0..60u128 {
         first
-            .create_upload(&UploadRecord {
-                id: UploadId(uuid::Uuid::from_u128(n + 1)),
-                repository: repository.clone(),
-                offset: 0,
-                hash_state: vec![1],
-                storage_state: Vec::new(),
-                principal: None,
-                created_at: 1,
-                updated_at: 1,
-            })
+            .create_upload(
+                &UploadRecord {
+                    id: UploadId(uuid::Uuid::from_u128(n + 1)),
+                    repository: repository.clone(),
+                    offset: 0,
+                    hash_state: vec![1],
+                    storage_state: Vec::new(),
+                    principal: None,
+                    created_at: 1,
+                    updated_at: 1,
+                },
+                UploadLimits::UNLIMITED,
+            )
             .await
             .expect("create");
     }

@@ -3,7 +3,9 @@
 
 use oci::{Digest, RepositoryName, Tag};
 
-use crate::{Error, ManifestCommit, MetadataStore, PageRequest, UploadId, UploadRecord};
+use crate::{
+    Error, ManifestCommit, MetadataStore, PageRequest, UploadId, UploadLimits, UploadRecord,
+};
 
 fn digest(n: u8) -> Digest {
     Digest::sha256_from_bytes(&[n; 32])
@@ -46,6 +48,52 @@ fn commit<'a>(
 }
 
 /// Runs every behaviour check against `store`, which must start empty.
+async fn open_uploads_are_bounded_per_principal_and_repository(store: &dyn MetadataStore) {
+    let record = |n: u128, repository: &str, principal: &str| UploadRecord {
+        id: UploadId(uuid::Uuid::from_u128(0xb0_0000 + n)),
+        repository: repository.parse().expect("valid"),
+        offset: 0,
+        hash_state: vec![1],
+        storage_state: Vec::new(),
+        principal: Some(principal.to_owned()),
+        created_at: 1,
+        updated_at: 1,
+    };
+    let limits = UploadLimits {
+        per_principal: 2,
+        per_repository: 3,
+    };
+    for (n, repository, principal, created) in [
+        (1, "bounded/a", "user:pusher", true),
+        (2, "bounded/b", "user:pusher", true),
+        (3, "bounded/c", "user:pusher", false),
+        (4, "bounded/a", "user:other", true),
+        (5, "bounded/a", "user:third", true),
+        (6, "bounded/a", "user:fourth", false),
+    ] {
+        let upload = record(n, repository, principal);
+        assert_eq!(
+            store.create_upload(&upload, limits).await.expect("create"),
+            created,
+            "upload {n} by {principal} in {repository}"
+        );
+        assert_eq!(
+            store.upload(upload.id).await.expect("query").is_some(),
+            created,
+            "a refused upload records nothing"
+        );
+    }
+    // A finished session makes room again.
+    assert!(store
+        .delete_upload(record(1, "bounded/a", "user:pusher").id)
+        .await
+        .expect("delete"));
+    assert!(store
+        .create_upload(&record(7, "bounded/c", "user:pusher"), limits)
+        .await
+        .expect("create"));
+}
+
 pub async fn run(store: &dyn MetadataStore) {
     blobs_are_visible_per_repository(store).await;
     manifests_require_their_references(store).await;
@@ -55,6 +103,7 @@ pub async fn run(store: &dyn MetadataStore) {
     referrers_filter_by_artifact_type(store).await;
     uploads_advance_only_from_the_expected_offset(store).await;
     one_claim_ends_an_upload(store).await;
+    open_uploads_are_bounded_per_principal_and_repository(store).await;
 }
 
 async fn blobs_are_visible_per_repository(store: &dyn MetadataStore) {
@@ -373,7 +422,10 @@ async fn uploads_advance_only_from_the_expected_offset(store: &dyn MetadataStore
         updated_at: 100,
     };
     assert_eq!(store.upload(id).await.expect("query"), None);
-    store.create_upload(&record).await.expect("create");
+    assert!(store
+        .create_upload(&record, UploadLimits::UNLIMITED)
+        .await
+        .expect("create"));
     assert_eq!(store.upload(id).await.expect("query"), Some(record.clone()));
 
     assert!(store
@@ -403,7 +455,10 @@ async fn uploads_advance_only_from_the_expected_offset(store: &dyn MetadataStore
         updated_at: 500,
         ..record
     };
-    store.create_upload(&other).await.expect("create");
+    assert!(store
+        .create_upload(&other, UploadLimits::UNLIMITED)
+        .await
+        .expect("create"));
     let stale = store
         .claim_stale_uploads(300, 600, 10)
         .await
@@ -446,7 +501,10 @@ async fn one_claim_ends_an_upload(store: &dyn MetadataStore) {
         created_at: 1_000,
         updated_at: 1_000,
     };
-    store.create_upload(&record).await.expect("create");
+    assert!(store
+        .create_upload(&record, UploadLimits::UNLIMITED)
+        .await
+        .expect("create"));
     let (mine, theirs) = (digest(40), digest(41));
     let claim = |offset, digest, now, until| store.claim_upload(id, offset, digest, now, until);
 

@@ -256,6 +256,29 @@ pub struct TlsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     pub max_manifest_bytes: usize,
+    /// Open client connections, in all; more are closed as they arrive.
+    pub max_connections: usize,
+    /// Open connections from one client address (an IPv6 /64 counts as one); trusted proxies
+    /// are exempt, their clients are counted per request elsewhere.
+    pub max_connections_per_client: usize,
+    /// Header fields in one request (HTTP/1.1; HTTP/2 is bounded by `max_header_bytes`).
+    pub max_header_count: usize,
+    /// Bytes of header names and values in one request: 431 beyond.
+    pub max_header_bytes: usize,
+    /// Bytes of a request's target (path and query): 414 beyond.
+    pub max_uri_bytes: usize,
+    /// How long a client may take to send a request's headers, and to start the next one on
+    /// an idle HTTP/1.1 connection.
+    pub header_timeout: HumanDuration,
+    /// How long a request body may send nothing before its request fails.
+    pub body_idle_timeout: HumanDuration,
+    /// Token requests per second from one client address (bursts of five seconds' worth);
+    /// more get 429 with Retry-After.
+    pub token_requests_per_second: u32,
+    /// Open upload sessions of one user or robot: 429 beyond, until some finish or expire.
+    pub max_uploads_per_principal: u32,
+    /// Open upload sessions in one repository: 429 beyond.
+    pub max_uploads_per_repository: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -323,6 +346,16 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_manifest_bytes: 4 * 1024 * 1024,
+            max_connections: 8192,
+            max_connections_per_client: 1024,
+            max_header_count: 100,
+            max_header_bytes: 64 * 1024,
+            max_uri_bytes: 8 * 1024,
+            header_timeout: HumanDuration(Duration::from_secs(30)),
+            body_idle_timeout: HumanDuration(Duration::from_secs(60)),
+            token_requests_per_second: 20,
+            max_uploads_per_principal: 1024,
+            max_uploads_per_repository: 4096,
         }
     }
 }

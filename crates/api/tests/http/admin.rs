@@ -137,10 +137,7 @@ impl Bulwark {
                 "/auth/token",
                 axum::routing::get(api::token::get_token).post(api::token::post_token),
             )
-            .with_state(AppState {
-                registry,
-                access: access.clone(),
-            });
+            .with_state(AppState::new(registry, access.clone()));
         Bulwark {
             store,
             access,
