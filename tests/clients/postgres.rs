@@ -134,7 +134,13 @@ fn serve_refuses_an_unmigrated_postgres_database_until_bulwark_migrate() {
 }
 
 /// Pushes a one-image layout made unique by `marker` to `repository:tag`.
-fn push(server: &Server, clients: &Clients, repository: &str, tag: &str, marker: &str) -> Image {
+pub(crate) fn push(
+    server: &Server,
+    clients: &Clients,
+    repository: &str,
+    tag: &str,
+    marker: &str,
+) -> Image {
     let certs = server.certs_dir();
     let (layout, image) = layout::single_image(&clients.scratch(marker), marker, tag);
     clients.skopeo([
@@ -150,7 +156,7 @@ fn push(server: &Server, clients: &Clients, repository: &str, tag: &str, marker:
 }
 
 /// Copies `repository:tag` back out with skopeo and checks it is `image`, byte for byte.
-fn assert_pulls_intact(
+pub(crate) fn assert_pulls_intact(
     server: &Server,
     clients: &Clients,
     repository: &str,
