@@ -24,7 +24,7 @@ use localport::free_port;
 use crate::{Backend, RemoteSettings, S3Settings, MIN_PART_SIZE};
 
 mod azurite;
-pub use azurite::AzuriteServer;
+pub use azurite::{AzuriteServer, AZURE_ACCESS_KEY, AZURE_ACCOUNT, AZURE_CONTAINER};
 
 /// A throwaway object store that tests start, can take down and bring back.
 pub trait StoreServer {
