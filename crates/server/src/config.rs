@@ -85,6 +85,10 @@ pub struct AzureConfig {
     pub account: Option<String>,
     pub container: Option<String>,
     pub access_key: Option<SecretString>,
+    /// The account's blob endpoint (Azure Stack, a sovereign cloud, an emulator); unset means
+    /// `https://<account>.blob.core.windows.net`.
+    pub endpoint: Option<String>,
+    pub allow_http: bool,
 }
 
 impl Default for StorageConfig {
@@ -152,6 +156,8 @@ impl StorageConfig {
                         .access_key
                         .as_ref()
                         .map(|s| s.expose().to_owned()),
+                    endpoint: self.azure.endpoint.clone(),
+                    allow_http: self.azure.allow_http,
                 })
             }
         };
@@ -759,10 +765,16 @@ mod tests {
 
         let azure: Config = toml::from_str(
             "[storage]\nbackend = \"azure\"\n\
-             [storage.azure]\naccount = \"acct\"\ncontainer = \"blobs\"\naccess_key = \"a2V5\"\n",
+             [storage.azure]\naccount = \"acct\"\ncontainer = \"blobs\"\naccess_key = \"a2V5\"\n\
+             endpoint = \"http://azure.internal:10000/acct\"\nallow_http = true\n",
         )
         .expect("parse");
         let remote = azure.storage.remote().expect("valid").expect("remote");
+        assert!(matches!(
+            remote.backend,
+            blobstore::Backend::Azure(ref a)
+                if a.endpoint.as_deref() == Some("http://azure.internal:10000/acct") && a.allow_http
+        ));
         blobstore::BlobStore::remote(&remote).expect("an Azure store builds from config");
 
         let refusals = [
