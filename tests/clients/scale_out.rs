@@ -3,8 +3,9 @@
 //! them, survives the replica it started on being killed, a tag moved on one is seen on the
 //! other at once, real clients push through one and pull through the other, skopeo pushes
 //! through a real load balancer (HAProxy) spreading every request, with a replica killed under
-//! it, and an object store outage answers 503 until the store is back. A single node moves to that setup with
-//! `bulwark import-node`. The same replicas run on Azure (Azurite) too.
+//! it, a user disabled through one replica loses its tokens on the other within seconds, and an
+//! object store outage answers 503 until the store is back. A single node moves to that setup
+//! with `bulwark import-node`. The same replicas run on Azure (Azurite) too.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -129,6 +130,7 @@ fn two_replicas_on_postgres_and_s3_act_as_one_registry() {
     let mut replicas = Replicas::start(&url, &s3, dir.path());
 
     an_upload_moves_between_replicas(&replicas);
+    a_user_disabled_on_one_replica_loses_its_tokens_on_the_other(&replicas);
     an_upload_survives_its_replica_being_killed(&mut replicas);
     clients_push_through_one_replica_and_pull_through_the_other(&replicas);
     clients_push_through_a_load_balancer_while_a_replica_dies(&mut replicas);
@@ -216,6 +218,56 @@ fn an_upload_moves_between_replicas(replicas: &Replicas) {
     assert!(
         target.contains("X-Amz-Signature=") && target.contains(&digest[7..]),
         "a presigned URL for the blob: {target}"
+    );
+}
+
+/// The revocation epochs reach B within `auth.revocation_refresh` (2 s by default); the bound
+/// here is generous for a busy machine.
+fn a_user_disabled_on_one_replica_loses_its_tokens_on_the_other(replicas: &Replicas) {
+    let on_a = replicas.http(&replicas.a);
+    let password = "a long enough password";
+    let created = on_a.send_json(
+        Method::POST,
+        "/api/v1/users",
+        &serde_json::json!({ "name": "leaver", "password": password, "admin": true }),
+    );
+    assert_eq!(created.status, 201, "{created:?}");
+    let anonymous_b = Http::trusting(&format!("https://{}", replicas.b.host()), &replicas.ca)
+        .with_auth(Auth::basic("leaver", password));
+    let granted = anonymous_b.get("/auth/token?service=bulwark&scope=repository:team/shared:pull");
+    assert_eq!(granted.status, 200, "{granted:?}");
+    let token = granted.json()["token"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
+    let with_token = Http::trusting(&format!("https://{}", replicas.b.host()), &replicas.ca)
+        .with_auth(Auth::Bearer(token));
+    let tags = "/v2/team/shared/tags/list";
+    let before = with_token.get(tags);
+    assert_ne!(before.status, 401, "the token works on B: {before:?}");
+
+    let disabled = on_a.send_json(
+        Method::PATCH,
+        "/api/v1/users/leaver",
+        &serde_json::json!({ "disabled": true }),
+    );
+    assert_eq!(disabled.status, 200, "{disabled:?}");
+    let start = Instant::now();
+    loop {
+        let reply = with_token.get(tags);
+        if reply.status == 401 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "B still honours the disabled user's token after {:?}: {reply:?}",
+            start.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "B refused the disabled user's token {:?} after A disabled it",
+        start.elapsed()
     );
 }
 

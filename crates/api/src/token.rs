@@ -9,13 +9,12 @@
 
 use std::net::IpAddr;
 
-use auth::policy::Principal;
 use auth::scope::Scope;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use registry::access::{Access, AuthError, Authenticated, Credential, TokenGrant};
+use registry::access::{Access, AuthError, Authenticated, TokenGrant};
 use serde_json::json;
 
 use crate::access::{basic_credentials, ClientAddress};
@@ -120,11 +119,7 @@ async fn grant(
     scopes: &[Scope],
     offline: bool,
 ) -> Response {
-    let (principal, credential): (&Principal, Option<&Credential>) = match who {
-        Some(who) => (&who.principal, Some(&who.credential)),
-        None => (&Principal::Anonymous, None),
-    };
-    match access.issue(principal, credential, scopes, offline).await {
+    match access.issue_to(who, scopes, offline).await {
         Ok(grant) => token_response(&grant),
         Err(err) => crate::error::ApiError::from(err).into_response(),
     }

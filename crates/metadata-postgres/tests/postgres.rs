@@ -78,6 +78,7 @@ async fn replicas_migrating_together_apply_each_migration_once_and_agree_on_one_
                 kid: format!("k{n}"),
                 pem: format!("pem{n}"),
                 created_at: 1,
+                retired_at: None,
             };
             store.add_first_signing_key(&key).await
         });
@@ -298,6 +299,7 @@ async fn a_single_node_database_imports_into_an_empty_postgres() {
         kid: "k1".into(),
         pem: "pem".into(),
         created_at: 12,
+        retired_at: None,
     };
     {
         let single = metadata_sqlite::SqliteStore::open(&path)

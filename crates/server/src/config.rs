@@ -234,6 +234,13 @@ pub struct AuthConfig {
     pub admin_user: String,
     /// A P-256 private key (PKCS#8 PEM) that signs tokens; without one, a key is generated.
     pub signing_key: Option<PathBuf>,
+    /// How often each replica reads the revocations (and signing-key changes) any replica
+    /// recorded.
+    pub revocation_refresh: HumanDuration,
+    /// Revocations read longer ago than this are read again before a token is honoured (a
+    /// 503 while the store cannot answer): the most a revocation takes to stop a token on
+    /// every replica. Longer than `revocation_refresh`.
+    pub revocation_max_age: HumanDuration,
 }
 
 impl Default for AuthConfig {
@@ -245,6 +252,8 @@ impl Default for AuthConfig {
             basic_on_v2: true,
             admin_user: "admin".into(),
             signing_key: None,
+            revocation_refresh: HumanDuration(Duration::from_secs(2)),
+            revocation_max_age: HumanDuration(Duration::from_secs(5)),
         }
     }
 }
@@ -500,6 +509,9 @@ pub struct Overrides {
     /// A P-256 private key (PKCS#8 PEM) to sign tokens with; earlier keys keep verifying.
     #[arg(long, env = "BULWARK_SIGNING_KEY")]
     pub signing_key: Option<PathBuf>,
+    /// How often revocations recorded by any replica are read, e.g. 2s.
+    #[arg(long, env = "BULWARK_REVOCATION_REFRESH")]
+    pub revocation_refresh: Option<HumanDuration>,
     /// Keep metadata in this Postgres database (postgres://USER:PASSWORD@HOST:PORT/DB, with
     /// ?sslmode=verify-full&sslrootcert=CA.crt for TLS) instead of embedded SQLite.
     #[arg(long, env = "BULWARK_POSTGRES_URL", hide_env_values = true)]
@@ -582,6 +594,9 @@ impl Config {
         if let Some(v) = o.signing_key {
             config.auth.signing_key = Some(v);
         }
+        if let Some(v) = o.revocation_refresh {
+            config.auth.revocation_refresh = v;
+        }
         if let Some(v) = o.postgres_url {
             config.metadata.postgres_url = Some(v);
         }
@@ -620,6 +635,13 @@ impl Config {
         }
         if config.tls.cert.is_some() != config.tls.key.is_some() {
             anyhow::bail!("tls.cert and tls.key must be set together");
+        }
+        if config.auth.revocation_refresh.0.is_zero()
+            || config.auth.revocation_max_age.0 <= config.auth.revocation_refresh.0
+        {
+            anyhow::bail!(
+                "auth.revocation_refresh must be more than 0s and less than auth.revocation_max_age"
+            );
         }
         Ok(config)
     }

@@ -88,6 +88,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         token_lifetime: config.auth.token_lifetime.0,
         refresh_lifetime: config.auth.refresh_lifetime.0,
         basic_on_v2: config.auth.basic_on_v2,
+        revocation_refresh: config.auth.revocation_refresh.0,
+        revocation_max_age: config.auth.revocation_max_age.0,
         signing_key: match &config.auth.signing_key {
             Some(path) => Some(PrivatePem(
                 std::fs::read_to_string(path)
