@@ -4,7 +4,6 @@
 //! waits for `100 Continue` (curl, which then sends nothing); a request without exactly one
 //! `Host` is refused.
 
-use std::path::Path;
 use std::process::Command;
 
 use crate::support::clients::{run, stdout_text};
@@ -53,39 +52,45 @@ elif case == "refused-body":
     for _ in range(5):
         print(send("PATCH", "/v2/edges/app/blobs/uploads/00000000-0000-0000-0000-000000000001",
                    b"x" * (8 * 1024 * 1024), {"Content-Type": "application/octet-stream"}))
+elif case == "big-patch":
+    for _ in range(10):
+        print(send("PATCH", sys.argv[5], b"x" * (4 * 1024 * 1024),
+                   {"Authorization": auth, "Content-Type": "application/octet-stream"}))
 elif case == "hosts":
     print(send("GET", "/v2/", hosts=[]))
     print(send("GET", "/v2/", hosts=["localhost", "elsewhere.example"]))
     print(send("GET", "/v2/", hosts=[f"localhost:{port}"], ))
 "#;
 
-fn python(server: &Server, case: &str, dir: &Path) -> Vec<String> {
-    let ca = dir.join("ca.crt");
+/// The answers Python's `http.client` gets in `case` (with `extra` arguments), as the admin.
+pub fn python(server: &Server, case: &str, extra: &[&str]) -> Vec<String> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = dir.path().join("ca.crt");
     std::fs::write(&ca, server.ca_pem()).expect("writing the CA");
-    let output = run(Command::new("python3").args([
-        "-c",
-        PYTHON_CLIENT,
-        &server.port().to_string(),
-        ca.to_str().expect("a UTF-8 path"),
-        &admin_creds(),
-        case,
-    ]));
+    let output = run(Command::new("python3")
+        .args([
+            "-c",
+            PYTHON_CLIENT,
+            &server.port().to_string(),
+            ca.to_str().expect("a UTF-8 path"),
+            &admin_creds(),
+            case,
+        ])
+        .args(extra));
     stdout_text(&output).lines().map(str::to_owned).collect()
 }
 
 #[test]
 fn an_oversized_manifest_gets_its_413_while_the_client_is_still_sending() {
     let server = Server::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let answers = python(&server, "oversized-manifest", dir.path());
+    let answers = python(&server, "oversized-manifest", &[]);
     assert_eq!(answers, vec!["413 SIZE_INVALID"; 5], "{}", server.log());
 }
 
 #[test]
 fn a_refused_upload_body_gets_its_401_while_the_client_is_still_sending() {
     let server = Server::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let answers = python(&server, "refused-body", dir.path());
+    let answers = python(&server, "refused-body", &[]);
     assert_eq!(answers, vec!["401 UNAUTHORIZED"; 5], "{}", server.log());
 }
 
@@ -132,8 +137,7 @@ fn a_client_waiting_for_100_continue_is_answered_without_sending_the_body() {
 #[test]
 fn a_request_without_exactly_one_host_is_refused() {
     let server = Server::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let answers = python(&server, "hosts", dir.path());
+    let answers = python(&server, "hosts", &[]);
     assert_eq!(
         answers,
         vec!["400 UNSUPPORTED", "400 UNSUPPORTED", "401 UNAUTHORIZED"],

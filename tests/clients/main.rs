@@ -8,6 +8,7 @@
 
 mod support;
 
+mod abuse;
 mod auth;
 mod buildah_podman;
 mod cli;

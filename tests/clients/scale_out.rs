@@ -3,14 +3,15 @@
 //! them, survives the replica it started on being killed, a tag moved on one is seen on the
 //! other at once, real clients push through one and pull through the other, skopeo pushes
 //! through a real load balancer (HAProxy) spreading every request, with a replica killed under
-//! it, and an object store outage answers 503 until the store is back. A single node moves to that setup with
-//! `bulwark import-node`.
+//! it, a user disabled through one replica loses its tokens on the other within seconds, and an
+//! object store outage answers 503 until the store is back. A single node moves to that setup
+//! with `bulwark import-node`. The same replicas run on Azure (Azurite) too.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use blobstore::testing::S3Server;
+use blobstore::testing::{AzuriteServer, S3Server, StoreServer};
 use blobstore::{Backend, RemoteSettings};
 use metadata_postgres::testing::Cluster;
 use reqwest::Method;
@@ -24,24 +25,33 @@ use crate::support::{random_bytes, sha256_digest};
 
 const MIB: usize = 1024 * 1024;
 
-/// A configuration file putting blobs in the test's S3 bucket (credentials in the file, as an
-/// operator would keep them out of the process list).
+/// A configuration file putting blobs in the test's bucket or container (credentials in the
+/// file, as an operator would keep them out of the process list).
 fn storage_config(dir: &Path, name: &str, settings: &RemoteSettings, extra: &str) -> PathBuf {
-    let Backend::S3(s3) = &settings.backend else {
-        panic!("the test store speaks S3");
+    let prefix = settings.prefix.as_deref().unwrap_or_default();
+    let text = match &settings.backend {
+        Backend::S3(s3) => format!(
+            "[storage]\nbackend = \"s3\"\nprefix = \"{prefix}\"\n{extra}\n\
+             [storage.s3]\nbucket = \"{bucket}\"\nendpoint = \"{endpoint}\"\nregion = \"{region}\"\n\
+             access_key_id = \"{key}\"\nsecret_access_key = \"{secret}\"\n\
+             path_style = true\nallow_http = true\n",
+            bucket = s3.bucket,
+            endpoint = s3.endpoint.as_deref().unwrap_or_default(),
+            region = s3.region.as_deref().unwrap_or_default(),
+            key = s3.access_key_id.as_deref().unwrap_or_default(),
+            secret = s3.secret_access_key.as_deref().unwrap_or_default(),
+        ),
+        Backend::Azure(azure) => format!(
+            "[storage]\nbackend = \"azure\"\nprefix = \"{prefix}\"\n{extra}\n\
+             [storage.azure]\naccount = \"{account}\"\ncontainer = \"{container}\"\n\
+             access_key = \"{key}\"\nendpoint = \"{endpoint}\"\nallow_http = true\n",
+            account = azure.account,
+            container = azure.container,
+            key = azure.access_key.as_deref().unwrap_or_default(),
+            endpoint = azure.endpoint.as_deref().unwrap_or_default(),
+        ),
+        Backend::Gcs(_) => panic!("no GCS store runs in the tests"),
     };
-    let text = format!(
-        "[storage]\nbackend = \"s3\"\nprefix = \"{prefix}\"\n{extra}\n\
-         [storage.s3]\nbucket = \"{bucket}\"\nendpoint = \"{endpoint}\"\nregion = \"{region}\"\n\
-         access_key_id = \"{key}\"\nsecret_access_key = \"{secret}\"\n\
-         path_style = true\nallow_http = true\n",
-        prefix = settings.prefix.as_deref().unwrap_or_default(),
-        bucket = s3.bucket,
-        endpoint = s3.endpoint.as_deref().unwrap_or_default(),
-        region = s3.region.as_deref().unwrap_or_default(),
-        key = s3.access_key_id.as_deref().unwrap_or_default(),
-        secret = s3.secret_access_key.as_deref().unwrap_or_default(),
-    );
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).expect("write the configuration");
     path
@@ -51,15 +61,27 @@ struct Replicas {
     a: Server,
     b: Server,
     ca: Vec<u8>,
+    /// B answers blob GETs with presigned URLs (where the store signs them: S3).
+    redirects: bool,
 }
 
 impl Replicas {
     /// Starts A (which generates the TLS certificate), then B serving the same certificate,
-    /// as replicas behind one name do. B redirects blob GETs to presigned URLs.
-    fn start(url: &str, s3: &S3Server, dir: &Path) -> Replicas {
-        let settings = s3.settings();
+    /// as replicas behind one name do. On S3, B redirects blob GETs to presigned URLs.
+    fn start(url: &str, store: &impl StoreServer, dir: &Path) -> Replicas {
+        let settings = store.settings();
+        let (redirects, described, secret) = match &settings.backend {
+            Backend::S3(_) => (true, "blobs in S3 bucket", blobstore::testing::SECRET_KEY),
+            Backend::Azure(_) => (
+                false,
+                "blobs in Azure container",
+                blobstore::testing::AZURE_ACCESS_KEY,
+            ),
+            Backend::Gcs(_) => panic!("no GCS store runs in the tests"),
+        };
         let plain = storage_config(dir, "streaming", &settings, "");
-        let redirecting = storage_config(dir, "redirecting", &settings, "redirect = \"1m\"");
+        let redirect = if redirects { "redirect = \"1m\"" } else { "" };
+        let redirecting = storage_config(dir, "redirecting", &settings, redirect);
         let a = Server::start_with(&["--postgres-url", url, "--config", path_str(&plain)]);
         let tls = a.data_dir().join("tls");
         let cert = tls.join("server.crt");
@@ -75,18 +97,19 @@ impl Replicas {
             path_str(&key),
         ]);
         for server in [&a, &b] {
+            assert!(server.log().contains(described), "{}", server.log());
             assert!(
-                server.log().contains("blobs in S3 bucket"),
-                "{}",
-                server.log()
-            );
-            assert!(
-                !server.log().contains(blobstore::testing::SECRET_KEY),
-                "the S3 secret must not be logged"
+                !server.log().contains(secret),
+                "the store's secret must not be logged"
             );
         }
         let ca = a.ca_pem();
-        Replicas { a, b, ca }
+        Replicas {
+            a,
+            b,
+            ca,
+            redirects,
+        }
     }
 
     fn http(&self, server: &Server) -> Http {
@@ -107,10 +130,31 @@ fn two_replicas_on_postgres_and_s3_act_as_one_registry() {
     let mut replicas = Replicas::start(&url, &s3, dir.path());
 
     an_upload_moves_between_replicas(&replicas);
+    a_user_disabled_on_one_replica_loses_its_tokens_on_the_other(&replicas);
     an_upload_survives_its_replica_being_killed(&mut replicas);
     clients_push_through_one_replica_and_pull_through_the_other(&replicas);
     clients_push_through_a_load_balancer_while_a_replica_dies(&mut replicas);
     an_object_store_outage_answers_503_until_it_is_back(&replicas, &mut s3);
+}
+
+/// The same registry with its blobs on Azure (Azurite): chunks alternating between the replicas,
+/// an upload surviving its replica being killed, skopeo pushing through one replica and pulling
+/// through the other, and an outage. Azure signs no URLs here, so neither replica redirects.
+#[test]
+fn two_replicas_on_postgres_and_azurite_act_as_one_registry() {
+    let cluster = Cluster::start();
+    let mut azure = AzuriteServer::start();
+    let url = tokio::runtime::Runtime::new()
+        .expect("a runtime")
+        .block_on(cluster.create_database());
+    server::migrate(&["--postgres-url", &url]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replicas = Replicas::start(&url, &azure, dir.path());
+
+    an_upload_moves_between_replicas(&replicas);
+    an_upload_survives_its_replica_being_killed(&mut replicas);
+    clients_push_through_one_replica_and_pull_through_the_other(&replicas);
+    an_object_store_outage_answers_503_until_it_is_back(&replicas, &mut azure);
 }
 
 fn an_upload_moves_between_replicas(replicas: &Replicas) {
@@ -143,6 +187,9 @@ fn an_upload_moves_between_replicas(replicas: &Replicas) {
         on_b.blob("team/shared", &digest) == blob,
         "B serves the blob"
     );
+    if !replicas.redirects {
+        return;
+    }
     let raw = on_b.runtime().block_on(async {
         let client = reqwest::Client::builder()
             .add_root_certificate(
@@ -171,6 +218,56 @@ fn an_upload_moves_between_replicas(replicas: &Replicas) {
     assert!(
         target.contains("X-Amz-Signature=") && target.contains(&digest[7..]),
         "a presigned URL for the blob: {target}"
+    );
+}
+
+/// The revocation epochs reach B within `auth.revocation_refresh` (2 s by default); the bound
+/// here is generous for a busy machine.
+fn a_user_disabled_on_one_replica_loses_its_tokens_on_the_other(replicas: &Replicas) {
+    let on_a = replicas.http(&replicas.a);
+    let password = "a long enough password";
+    let created = on_a.send_json(
+        Method::POST,
+        "/api/v1/users",
+        &serde_json::json!({ "name": "leaver", "password": password, "admin": true }),
+    );
+    assert_eq!(created.status, 201, "{created:?}");
+    let anonymous_b = Http::trusting(&format!("https://{}", replicas.b.host()), &replicas.ca)
+        .with_auth(Auth::basic("leaver", password));
+    let granted = anonymous_b.get("/auth/token?service=bulwark&scope=repository:team/shared:pull");
+    assert_eq!(granted.status, 200, "{granted:?}");
+    let token = granted.json()["token"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
+    let with_token = Http::trusting(&format!("https://{}", replicas.b.host()), &replicas.ca)
+        .with_auth(Auth::Bearer(token));
+    let tags = "/v2/team/shared/tags/list";
+    let before = with_token.get(tags);
+    assert_ne!(before.status, 401, "the token works on B: {before:?}");
+
+    let disabled = on_a.send_json(
+        Method::PATCH,
+        "/api/v1/users/leaver",
+        &serde_json::json!({ "disabled": true }),
+    );
+    assert_eq!(disabled.status, 200, "{disabled:?}");
+    let start = Instant::now();
+    loop {
+        let reply = with_token.get(tags);
+        if reply.status == 401 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "B still honours the disabled user's token after {:?}: {reply:?}",
+            start.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "B refused the disabled user's token {:?} after A disabled it",
+        start.elapsed()
     );
 }
 
@@ -294,7 +391,7 @@ fn clients_push_through_one_replica_and_pull_through_the_other(replicas: &Replic
         "the tag moved on B is seen on A at once"
     );
 
-    // A full pull through B (blobs redirected to the store) and through A (streamed);
+    // A full pull through B (on S3, blobs redirected to the store) and through A (streamed);
     // skopeo checks every blob's digest as it copies.
     for (name, remote) in [("pull-b", &on_b), ("pull-a", &on_a)] {
         let target = clients.scratch(name);
@@ -500,7 +597,10 @@ fn upload_sessions(served: &[Served]) -> HashMap<String, HashSet<String>> {
     sessions
 }
 
-fn an_object_store_outage_answers_503_until_it_is_back(replicas: &Replicas, s3: &mut S3Server) {
+fn an_object_store_outage_answers_503_until_it_is_back(
+    replicas: &Replicas,
+    store: &mut impl StoreServer,
+) {
     let on_a = replicas.http(&replicas.a);
     let blob = random_bytes(64 * 1024);
     let digest = sha256_digest(&blob);
@@ -516,7 +616,7 @@ fn an_object_store_outage_answers_503_until_it_is_back(replicas: &Replicas, s3: 
         201
     );
 
-    s3.stop();
+    store.stop();
     let down = on_a.get(&format!("/v2/team/outage/blobs/{digest}"));
     assert_eq!(down.status, 503, "{down:?}");
     assert!(!down.header("retry-after").is_empty(), "{down:?}");
@@ -531,7 +631,7 @@ fn an_object_store_outage_answers_503_until_it_is_back(replicas: &Replicas, s3: 
     // Metadata still answers: the manifest and tag APIs need no blob bytes.
     assert_eq!(on_a.get("/v2/team/app/tags/list").status, 200);
 
-    s3.resume();
+    store.resume();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let reply = on_a.get(&format!("/v2/team/outage/blobs/{digest}"));

@@ -12,12 +12,14 @@
 //! - A Bearer caller has exactly its token's access list, never its principal's wider rights
 //!   (a mount's source too: clients ask for `repository:<from>:pull` with the push scope).
 //! - An expired token is accepted only to continue an upload session, and only for a principal
-//!   that, as it stands now, may still push to the repository.
+//!   that, as it stands now, may still push to the repository. A revoked token is accepted
+//!   for nothing, upload sessions included; one whose revocation cannot be confirmed (the
+//!   store is down) is a 503, never honoured.
 
 use std::net::IpAddr;
 
 use auth::policy::{Action, Principal};
-use auth::token::Claims;
+use auth::token::{Claims, TokenError};
 use axum::http::{header, HeaderMap, StatusCode};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -282,15 +284,22 @@ pub async fn authorize(
     match credentials {
         Credentials::Bearer(token) => {
             let allow_expired = matches!(need, Need::UploadSession(_));
-            let claims = access.verify(&token, allow_expired).map_err(|err| {
-                challenge(
-                    access,
-                    headers,
-                    scope,
-                    Some("invalid_token"),
-                    &format!("invalid token: {err}"),
-                )
-            })?;
+            let claims = access
+                .verify(&token, allow_expired)
+                .await
+                .map_err(|err| match err {
+                    // Not the token's fault: the store could not say whether it was revoked.
+                    TokenError::Unconfirmed => {
+                        ApiError::from(registry::Error::Unavailable(err.to_string()))
+                    }
+                    other => challenge(
+                        access,
+                        headers,
+                        scope,
+                        Some("invalid_token"),
+                        &format!("invalid token: {other}"),
+                    ),
+                })?;
             let covered = match &need {
                 Need::Authenticated => true,
                 Need::Catalog => token_allows_catalog(&claims),

@@ -1,5 +1,6 @@
-//! The admin REST API under `/api/v1`: users and their access tokens, projects and members,
-//! robot accounts, an authorization dry run, and the audit log, as JSON.
+//! The admin REST API under `/api/v1`: users and their access and refresh tokens, projects and
+//! members, robot accounts, token-signing keys, an authorization dry run, and the audit log,
+//! as JSON.
 //!
 //! One route table (`endpoints`) is the source of both the axum routes and the OpenAPI 3.0
 //! document served at `GET /api/v1/openapi.json`; a snapshot test keeps the published copy,
@@ -215,8 +216,29 @@ pub fn endpoints() -> Vec<Endpoint> {
             .errors(&[404, 422]),
         endpoint(M::DELETE, "/api/v1/users/{user}/tokens/{id}", "revokeAccessToken", "Revoke an access token", h::revoke_token)
             .tag("access tokens")
-            .describe("For the user and admins. Takes effect at once.")
+            .describe("For the user and admins. Takes effect at once: the secret stops working, and so do the registry tokens obtained with it (on every replica within the revocation delay, 5 seconds by default).")
             .no_content()
+            .errors(&[404]),
+        endpoint(M::GET, "/api/v1/users/{user}/refresh-tokens", "listRefreshTokens", "List a user's refresh tokens", h::list_refresh_tokens)
+            .tag("refresh tokens")
+            .describe("For the user and admins. The tokens themselves are never shown.")
+            .paged()
+            .returns(200, "RefreshTokenPage")
+            .errors(&[404]),
+        endpoint(M::DELETE, "/api/v1/users/{user}/refresh-tokens/{id}", "revokeRefreshToken", "Revoke a refresh token", h::revoke_refresh_token)
+            .tag("refresh tokens")
+            .describe("For the user and admins. Takes effect at once: it can no longer be exchanged, and the registry tokens it gave stop working (on every replica within the revocation delay).")
+            .no_content()
+            .errors(&[404]),
+        // ---- signing keys ----
+        endpoint(M::GET, "/api/v1/signing-keys", "listSigningKeys", "List token-signing keys", h::list_signing_keys)
+            .tag("signing keys")
+            .describe("For admins. Every key with its state, oldest first.")
+            .returns(200, "SigningKeyList"),
+        endpoint(M::POST, "/api/v1/signing-keys/{kid}/retire", "retireSigningKey", "Retire a token-signing key", h::retire_signing_key)
+            .tag("signing keys")
+            .describe("For admins. The key stops verifying at once: every token it signed is refused (on every replica within the revocation delay). Retiring the key that signs, or the last key in use, stores a new key in the same step, which signs from then on.")
+            .returns(200, "RetiredKey")
             .errors(&[404]),
         // ---- projects ----
         endpoint(M::GET, "/api/v1/projects", "listProjects", "List projects", h::list_projects)
@@ -349,7 +371,8 @@ fn path_parameter(name: &str) -> Value {
         "user" => "A user name.",
         "project" => "A project name.",
         "robot" => "A robot's short name: `ci` for `robot$team+ci` or `robot$ci`.",
-        "id" => "An access token's id.",
+        "id" => "An access or refresh token's id.",
+        "kid" => "A signing key's id (`kid`).",
         _ => "",
     };
     json!({ "name": name, "in": "path", "required": true, "description": description, "schema": {"type": "string"} })
@@ -466,12 +489,14 @@ pub fn openapi() -> Value {
         "info": {
             "title": "Bulwark admin API",
             "version": "1",
-            "description": "Users, personal access tokens, projects and members, robot accounts, an authorization dry run and the audit log of a Bulwark registry. Errors are RFC 9457 problems (application/problem+json). Listings take `limit` (1 to 1000, default 100) and `after`, and answer `{items, next}`; pass `next` as `after` for the following page.",
+            "description": "Users, personal access and refresh tokens, projects and members, robot accounts, token-signing keys, an authorization dry run and the audit log of a Bulwark registry. Errors are RFC 9457 problems (application/problem+json). Listings take `limit` (1 to 1000, default 100) and `after`, and answer `{items, next}`; pass `next` as `after` for the following page.",
         },
         "tags": [
             {"name": "meta", "description": "The caller, authorization checks, and this document."},
             {"name": "users", "description": "User accounts; for admins, and for users about themselves."},
             {"name": "access tokens", "description": "Personal access tokens: secrets a user logs in with instead of a password."},
+            {"name": "refresh tokens", "description": "Refresh tokens the token service handed out (offline tokens, the CLI's login)."},
+            {"name": "signing keys", "description": "The keys that sign and verify registry tokens."},
             {"name": "projects", "description": "Projects (the first component of repository names), their visibility and members."},
             {"name": "robots", "description": "Robot accounts for automation, with repository grants and a mandatory expiry."},
             {"name": "audit", "description": "Who did or tried what."},

@@ -7,7 +7,7 @@
 //! connection usable, and a large one is left to the server's lingering close.
 //! And a body that stops arriving would hold its upload (a writer, a staging file, a
 //! connection) for as long as the client likes, so one that sends nothing for
-//! `BODY_IDLE_TIMEOUT` fails.
+//! `limits.body_idle_timeout` (a minute by default: clients stream layers without pauses) fails.
 //!
 //! Invariants:
 //! - At most `DRAIN_LIMIT` bytes and `DRAIN_TIME` are spent on one body; a larger or slower one
@@ -37,10 +37,6 @@ use tokio::time::{Instant, Sleep};
 /// How much of a refused request's body is read (and discarded) so the client sees the answer.
 pub(crate) const DRAIN_LIMIT: usize = 1024 * 1024;
 const DRAIN_TIME: Duration = Duration::from_secs(2);
-
-/// How long a request body may send nothing before the request fails. Clients stream layers
-/// without pauses; a minute of silence is a dead client or one holding the upload on purpose.
-pub(crate) const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Reads and discards the rest of a refused request's `body`, within the limits, so the
 /// connection can carry the next request; but reads nothing that would only invite bytes it
@@ -184,7 +180,7 @@ mod tests {
         Request::new(Body::from(body))
     }
 
-    const IDLE: Duration = BODY_IDLE_TIMEOUT;
+    const IDLE: Duration = Duration::from_secs(60);
 
     #[tokio::test]
     async fn a_body_dropped_unread_comes_back_whole() {

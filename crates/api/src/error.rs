@@ -117,6 +117,9 @@ impl From<registry::Error> for ApiError {
                 ApiError::new(ErrorCode::BlobUploadUnknown).detail(json!({ "upload": id }))
             }
             E::UploadInvalid(text) => ApiError::new(ErrorCode::BlobUploadInvalid).message(text),
+            E::TooManyUploads => ApiError::new(ErrorCode::TooManyRequests)
+                .message(E::TooManyUploads.to_string())
+                .header("retry-after", RETRY_AFTER_SECONDS.to_string()),
             E::UploadOutOfOrder { offset, got } => ApiError::new(ErrorCode::BlobUploadInvalid)
                 .status(StatusCode::RANGE_NOT_SATISFIABLE)
                 .message(format!(

@@ -12,7 +12,7 @@
 //! - A refused or failed request's unread body is drained (up to `body::DRAIN_LIMIT`) before
 //!   the error is sent, unless that would only invite bytes (`Expect: 100-continue`, a larger
 //!   body): then the answer goes first and the server's lingering close lets it be read; a body
-//!   that sends nothing for `body::BODY_IDLE_TIMEOUT` fails its request.
+//!   that sends nothing for `limits.body_idle_timeout` fails its request.
 
 pub mod access;
 pub mod admin;
@@ -41,7 +41,7 @@ use registry::{Registry, UploadStart, UploadStatus};
 use tracing::Instrument;
 
 use crate::access::{Caller, ClientAddress};
-use crate::body::{drain, expects_continue, Leftover, BODY_IDLE_TIMEOUT};
+use crate::body::{drain, expects_continue, Leftover};
 use crate::error::ApiError;
 use crate::operation::{Method, Operation};
 
@@ -49,10 +49,25 @@ use crate::operation::{Method, Operation};
 pub struct AppState {
     pub registry: Arc<Registry>,
     pub access: Arc<Access>,
+    /// Token requests per client network (`limits.token_requests_per_second`).
+    pub token_rate: Arc<std::sync::Mutex<registry::rate::RequestRate>>,
+}
+
+impl AppState {
+    pub fn new(registry: Arc<Registry>, access: Arc<Access>) -> AppState {
+        let token_rate =
+            registry::rate::RequestRate::new(registry.limits().token_requests_per_second);
+        AppState {
+            registry,
+            access,
+            token_rate: Arc::new(std::sync::Mutex::new(token_rate)),
+        }
+    }
 }
 
 /// The whole HTTP surface, ready to serve.
 pub fn router(registry: Arc<Registry>, access: Arc<Access>) -> Router {
+    let limits = registry.limits().clone();
     Router::new()
         .route("/v2", any(v2_root))
         .route("/v2/", any(v2_root))
@@ -61,12 +76,61 @@ pub fn router(registry: Arc<Registry>, access: Arc<Access>) -> Router {
         .route("/auth/jwks", get(token::jwks))
         .merge(admin::router())
         .fallback(not_found)
-        .with_state(AppState { registry, access })
-        .layer(middleware::from_fn(log_request))
+        .with_state(AppState::new(registry, access))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(limits),
+            log_request,
+        ))
+}
+
+/// Why a request's head is refused before it is routed: no or several `Host`s, a target or
+/// headers over the limits.
+fn head_problem(limits: &registry::Limits, request: &Request) -> Option<ApiError> {
+    if let Some(problem) = access::host_problem(request.version(), request.headers()) {
+        return Some(
+            ApiError::new(ErrorCode::Unsupported)
+                .status(StatusCode::BAD_REQUEST)
+                .message(problem),
+        );
+    }
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |target| target.as_str().len());
+    if target > limits.max_uri_bytes {
+        return Some(
+            ApiError::new(ErrorCode::Unsupported)
+                .status(StatusCode::URI_TOO_LONG)
+                .message(format!(
+                    "the request target exceeds {} bytes",
+                    limits.max_uri_bytes
+                )),
+        );
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_bytes > limits.max_header_bytes {
+        return Some(
+            ApiError::new(ErrorCode::Unsupported)
+                .status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+                .message(format!(
+                    "the request's headers exceed {} bytes",
+                    limits.max_header_bytes
+                )),
+        );
+    }
+    None
 }
 
 /// One log line per request, inside a span carrying the request id.
-async fn log_request(mut request: Request, next: Next) -> Response {
+async fn log_request(
+    State(limits): State<Arc<registry::Limits>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     // HTTP/2 carries the host in the URI's authority, HTTP/1.1 in `Host`; handlers read `Host`.
     if !request.headers().contains_key(header::HOST) {
         let authority = request
@@ -83,12 +147,8 @@ async fn log_request(mut request: Request, next: Next) -> Response {
     let request_bytes = content_length(request.headers());
     let span = tracing::info_span!("request", request_id = %request_id);
     let started = Instant::now();
-    let mut response = match access::host_problem(request.version(), request.headers()) {
-        // Nothing is routed without knowing which host the client asked for.
-        Some(problem) => ApiError::new(ErrorCode::Unsupported)
-            .status(StatusCode::BAD_REQUEST)
-            .message(problem)
-            .into_response(),
+    let mut response = match head_problem(&limits, &request) {
+        Some(problem) => problem.into_response(),
         None => next.run(request).instrument(span.clone()).await,
     };
     if let Ok(value) = HeaderValue::from_str(&request_id) {
@@ -153,7 +213,7 @@ async fn dispatch(State(state): State<AppState>, rest: &str, request: Request) -
     let audited = audit_action(&operation);
     // What a failing handler left of the body is drained below, so the client reads the error;
     // a body that stops arriving fails the request.
-    let (request, leftover) = Leftover::watch(request, BODY_IDLE_TIMEOUT);
+    let (request, leftover) = Leftover::watch(request, state.registry.limits().body_idle_timeout);
     match handle(&state, operation, request, &caller).await {
         Ok(response) => {
             if let Some((action, target)) = audited {

@@ -9,13 +9,12 @@
 
 use std::net::IpAddr;
 
-use auth::policy::Principal;
 use auth::scope::Scope;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use registry::access::{Access, AuthError, Authenticated, Credential, TokenGrant};
+use registry::access::{Access, AuthError, Authenticated, TokenGrant};
 use serde_json::json;
 
 use crate::access::{basic_credentials, ClientAddress};
@@ -120,11 +119,7 @@ async fn grant(
     scopes: &[Scope],
     offline: bool,
 ) -> Response {
-    let (principal, credential): (&Principal, Option<&Credential>) = match who {
-        Some(who) => (&who.principal, Some(&who.credential)),
-        None => (&Principal::Anonymous, None),
-    };
-    match access.issue(principal, credential, scopes, offline).await {
+    match access.issue_to(who, scopes, offline).await {
         Ok(grant) => token_response(&grant),
         Err(err) => crate::error::ApiError::from(err).into_response(),
     }
@@ -149,8 +144,40 @@ fn token_response(grant: &TokenGrant) -> Response {
 }
 
 /// `GET /auth/token?service=…&scope=…[&offline_token=true]`
+/// Refuses a request over its client's token-request rate, with when to retry.
+#[expect(
+    clippy::result_large_err,
+    reason = "the error is the finished response, built once per refused request"
+)]
+fn admit(state: &AppState, client: Option<IpAddr>) -> Result<(), Response> {
+    let Some(client) = client else {
+        return Ok(());
+    };
+    let admitted = match state.token_rate.lock() {
+        Ok(mut rate) => rate.admit(client, std::time::Instant::now()),
+        Err(_) => Ok(()),
+    };
+    admitted.map_err(|wait| {
+        let mut response = oauth_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "slow_down",
+            &format!(
+                "too many token requests from this address; retry in {} seconds",
+                wait.as_secs()
+            ),
+        );
+        if let Ok(value) = wait.as_secs().to_string().parse() {
+            response.headers_mut().insert("retry-after", value);
+        }
+        response
+    })
+}
+
 pub async fn get_token(State(state): State<AppState>, request: Request) -> Response {
     let access = &state.access;
+    if let Err(response) = admit(&state, client_of(&request)) {
+        return response;
+    }
     let pairs = query_pairs(request.uri().query());
     if let Err(response) = check_service(access, &pairs) {
         return response;
@@ -178,6 +205,9 @@ pub async fn get_token(State(state): State<AppState>, request: Request) -> Respo
 pub async fn post_token(State(state): State<AppState>, request: Request) -> Response {
     let access = &state.access;
     let client = client_of(&request);
+    if let Err(response) = admit(&state, client) {
+        return response;
+    }
     let body = match axum::body::to_bytes(request.into_body(), MAX_FORM_BYTES).await {
         Ok(body) => body,
         Err(_) => {

@@ -6,12 +6,14 @@
 //!   decided. Nothing here does I/O; time and randomness are passed in.
 //! - Secrets are stored only as hashes (argon2id for passwords, SHA-256 for high-entropy API
 //!   secrets) and compared in constant time; no `Debug` here prints one.
+//! - Revocation compares epochs the store hands out, never clocks (`revocation`).
 
 /// The fuzz targets' checks, shared with the corpus replay tests.
 #[cfg(any(test, fuzzing))]
 pub mod fuzz;
 pub mod password;
 pub mod policy;
+pub mod revocation;
 pub mod scope;
 pub mod secret;
 pub mod token;

@@ -71,6 +71,24 @@ pub struct Claims {
     /// Set on refresh tokens, which grant nothing by themselves.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub refresh: bool,
+    /// On access tokens: the revocation epoch the issuer read from the store when it signed
+    /// the token (`revocation`). A revocation of the subject, or of one of `credentials`,
+    /// recorded later has a higher epoch and ends the token. Absent (tokens of a release
+    /// before revocation epochs): 0, so any revocation on record ends them.
+    #[serde(default, rename = "rev", skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
+    /// On access tokens: what, besides the subject, revoking ends the token: `token:<id>` of
+    /// the personal access token it was obtained with, `refresh:<id>` of the refresh token it
+    /// was exchanged for.
+    #[serde(default, rename = "via", skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<String>,
+}
+
+/// What makes an access token revocable before it expires (see `Claims::epoch`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revocable {
+    pub epoch: i64,
+    pub credentials: Vec<String>,
 }
 
 /// What a caller proved who they are with: the account's password, one of its personal
@@ -121,6 +139,12 @@ pub enum TokenError {
     WrongIssuer,
     #[error("a refresh token cannot be used for access, nor an access token for refresh")]
     WrongKind,
+    #[error("token was revoked")]
+    Revoked,
+    /// Whether the token was revoked cannot be told: this replica could not read recent
+    /// revocations from the store. Not the client's fault; it may retry.
+    #[error("revocations could not be confirmed")]
+    Unconfirmed,
     #[error("signing key is unusable: {0}")]
     Key(String),
 }
@@ -316,8 +340,13 @@ impl KeySet {
         serde_json::json!({ "keys": self.keys.iter().map(SigningKey::jwk).collect::<Vec<_>>() })
     }
 
+    /// The id of the key that signs.
+    pub fn signing_kid(&self) -> &str {
+        &self.keys[0].kid
+    }
+
     /// Signs an access token (or, with `refresh`, a refresh token) for `subject`, who proved
-    /// who they are with `cred` (`None`: anonymous).
+    /// who they are with `cred` (`None`: anonymous), under no revocation epoch.
     #[expect(
         clippy::too_many_arguments,
         reason = "every claim of a token is one argument; a struct would restate Claims"
@@ -332,7 +361,36 @@ impl KeySet {
         now: i64,
         jti: String,
     ) -> Result<IssuedToken, TokenError> {
+        self.issue_revocable(
+            subject,
+            access,
+            cred,
+            refresh,
+            None,
+            lifetime_secs,
+            now,
+            jti,
+        )
+    }
+
+    /// `issue`, with what ends the token before it expires (`None`: epoch 0).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "every claim of a token is one argument; a struct would restate Claims"
+    )]
+    pub fn issue_revocable(
+        &self,
+        subject: &str,
+        access: Vec<AccessEntry>,
+        cred: Option<CredentialKind>,
+        refresh: bool,
+        revocable: Option<Revocable>,
+        lifetime_secs: i64,
+        now: i64,
+        jti: String,
+    ) -> Result<IssuedToken, TokenError> {
         let signer = &self.keys[0];
+        let revocable = revocable.unwrap_or_default();
         let claims = Claims {
             iss: self.issuer.clone(),
             sub: subject.to_owned(),
@@ -345,6 +403,8 @@ impl KeySet {
             cred,
             binding: None,
             refresh,
+            epoch: Some(revocable.epoch),
+            credentials: revocable.credentials,
         };
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(signer.kid.clone());
@@ -379,6 +439,8 @@ impl KeySet {
             cred: None,
             binding,
             refresh: true,
+            epoch: None,
+            credentials: Vec::new(),
         };
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(signer.kid.clone());
@@ -599,6 +661,35 @@ mod tests {
             assert_eq!(CredentialKind::parse(kind.as_str()), Some(kind));
         }
         assert_eq!(CredentialKind::parse("session"), None);
+    }
+
+    #[test]
+    fn access_tokens_carry_the_epoch_and_credentials_that_revoke_them() {
+        let (key, _) = SigningKey::generate().expect("key");
+        let keys = keyset(vec![key]);
+        let revocable = Revocable {
+            epoch: 42,
+            credentials: vec!["token:t1".into(), "refresh:r1".into()],
+        };
+        let token = keys
+            .issue_revocable(
+                "user:alice",
+                pull("team/app"),
+                Some(CredentialKind::Token),
+                false,
+                Some(revocable.clone()),
+                300,
+                NOW,
+                "j".into(),
+            )
+            .expect("issue")
+            .token;
+        let claims = keys.verify(&token, false, NOW).expect("verify");
+        assert_eq!(claims.epoch, Some(42));
+        assert_eq!(claims.credentials, revocable.credentials);
+        let plain = alice_pull_token(&keys);
+        let claims = keys.verify(&plain, false, NOW).expect("verify");
+        assert_eq!((claims.epoch, claims.credentials), (Some(0), Vec::new()));
     }
 
     #[test]

@@ -63,6 +63,13 @@ pub struct AzureSettings {
     pub account: String,
     pub container: String,
     pub access_key: Option<String>,
+    /// The account's blob endpoint, for Azure Stack, a sovereign cloud or an emulator
+    /// (`https://bulwarkstorage.blob.local.azurestack.external`); unset means
+    /// `https://<account>.blob.core.windows.net`. An endpoint whose host does not name the
+    /// account ends in `/<account>` (path-style, as Azurite serves accounts).
+    pub endpoint: Option<String>,
+    /// Permit an `http://` endpoint (a store on a private network or loopback).
+    pub allow_http: bool,
 }
 
 fn retry() -> RetryConfig {
@@ -156,13 +163,18 @@ impl BlobStore {
                 (full(store, prefix), format!("GCS bucket {}", gcs.bucket))
             }
             Backend::Azure(azure) => {
+                // Client options first: setting them replaces `allow_http`.
                 let mut builder = MicrosoftAzureBuilder::from_env()
                     .with_client_options(client_options())
                     .with_account(&azure.account)
                     .with_container_name(&azure.container)
+                    .with_allow_http(azure.allow_http)
                     .with_retry(retry());
                 if let Some(key) = &azure.access_key {
                     builder = builder.with_access_key(key);
+                }
+                if let Some(endpoint) = &azure.endpoint {
+                    builder = builder.with_endpoint(endpoint.clone());
                 }
                 let store = builder.build().map_err(configuration)?;
                 // Azure offers no multipart API to resume across requests, nor URL signing
@@ -176,13 +188,14 @@ impl BlobStore {
                     multipart: None,
                     signer: None,
                 };
-                (
-                    parts,
-                    format!(
-                        "Azure container {} in account {}",
-                        azure.container, azure.account
-                    ),
-                )
+                let mut description = format!(
+                    "Azure container {} in account {}",
+                    azure.container, azure.account
+                );
+                if let Some(endpoint) = &azure.endpoint {
+                    description.push_str(&format!(" at {endpoint}"));
+                }
+                (parts, description)
             }
         };
         let description = match prefix {
@@ -240,9 +253,27 @@ mod tests {
             account: "bulwark".into(),
             container: "blobs".into(),
             access_key: Some("a2V5".into()),
+            endpoint: None,
+            allow_http: false,
         })))
         .expect("azure");
-        assert!(azure.description().starts_with("Azure container blobs"));
+        assert_eq!(
+            azure.description(),
+            "Azure container blobs in account bulwark, under registry/"
+        );
+        let stack = BlobStore::remote(&settings(Backend::Azure(AzureSettings {
+            account: "bulwark".into(),
+            container: "blobs".into(),
+            access_key: Some("a2V5".into()),
+            endpoint: Some("https://bulwark.blob.local.azurestack.external".into()),
+            allow_http: false,
+        })))
+        .expect("azure stack");
+        assert_eq!(
+            stack.description(),
+            "Azure container blobs in account bulwark at \
+             https://bulwark.blob.local.azurestack.external, under registry/"
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ mod state;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 #[cfg(test)]
-mod tests_s3;
+mod tests_remote;
 mod writeback;
 
 use std::io::SeekFrom;

@@ -11,9 +11,12 @@
 //!   record survived; refilling it would turn the record's hash into a lie about zeros).
 //! - Committing never replaces a blob file: the staged file is linked under the digest only if
 //!   no file is there (a blob path holds verified bytes once and for all), then unlinked.
-//! - The writing thread holds the caller's claim on the session until it exits, so a request
-//!   that is dropped (the client went away) keeps the session claimed while its thread still
-//!   drains queued bytes into the file.
+//! - The writer holds the caller's claim on the session, and goes into each writing job and
+//!   back out, so a request that is dropped (the client went away) keeps the session claimed
+//!   while a job of it still writes into the file.
+//! - An upload holds a blocking thread only while one of its batches is written: at most
+//!   `WRITERS` jobs run at once, whatever the number of uploads, and an idle or slow client
+//!   holds no thread.
 
 use std::io::{ErrorKind, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
@@ -28,10 +31,10 @@ use oci::Digest;
 
 /// Bytes collected before one write: few system calls per GiB, bounded memory per upload.
 const WRITE_BUFFER: usize = 1024 * 1024;
-/// Bytes of request chunks handed to the writing thread at once, and how many such batches
-/// may wait for it.
+/// Bytes of request chunks handed to a writing job at once.
 const BATCH_BYTES: usize = 256 * 1024;
-const BATCHES_IN_FLIGHT: usize = 8;
+/// Writing jobs running at once, for every upload of the process together.
+const WRITERS: usize = 64;
 
 /// Opens the staging file to write at `offset`, dropping what a failed request left past it.
 /// Only a session at offset 0 may create the file: any other offset stands for bytes that
@@ -69,33 +72,84 @@ fn open_staging(path: &FsPath, offset: u64) -> Result<std::fs::File, Error> {
     Ok(file)
 }
 
-/// Hashes and writes every chunk `received` at `offset` onwards, starting writeback as it
-/// goes, then syncs the data.
-fn write_staging(
-    path: &FsPath,
+/// An upload's staging file being written: its buffer, hash and writeback, and the caller's
+/// claim on the session, which goes wherever the writer goes (into a writing job and back),
+/// so it is released only once nothing this request started can touch the file.
+struct Writer {
+    out: std::io::BufWriter<std::fs::File>,
     offset: u64,
-    mut hash: Sha256State,
-    mut received: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
-) -> Result<(u64, Sha256State), Error> {
-    let file = open_staging(path, offset)?;
-    let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, file);
-    out.seek(SeekFrom::Start(offset)).map_err(storage)?;
-    let mut written = 0u64;
-    let mut writeback = Writeback::new(offset);
-    while let Some(batch) = received.blocking_recv() {
+    written: u64,
+    hash: Sha256State,
+    writeback: Writeback,
+    claim: Box<dyn Send>,
+}
+
+impl Writer {
+    fn open(
+        path: &FsPath,
+        offset: u64,
+        hash: Sha256State,
+        claim: Box<dyn Send>,
+    ) -> Result<Writer, Error> {
+        let file = open_staging(path, offset)?;
+        let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, file);
+        out.seek(SeekFrom::Start(offset)).map_err(storage)?;
+        Ok(Writer {
+            out,
+            offset,
+            written: 0,
+            hash,
+            writeback: Writeback::new(offset),
+            claim,
+        })
+    }
+
+    /// Hashes and writes `batch`, starting writeback as it goes.
+    fn write(&mut self, batch: Vec<Bytes>) -> Result<(), Error> {
         for chunk in batch {
-            hash.update(&chunk);
-            out.write_all(&chunk).map_err(storage)?;
-            written += chunk.len() as u64;
+            self.hash.update(&chunk);
+            self.out.write_all(&chunk).map_err(storage)?;
+            self.written += chunk.len() as u64;
         }
         // What the buffer still holds has not reached the file yet.
-        let in_file = offset + written - out.buffer().len() as u64;
+        let in_file = self.offset + self.written - self.out.buffer().len() as u64;
         // A write error seen here must fail the request: `sync_data` would not see it again.
-        writeback.wrote(out.get_ref(), in_file).map_err(storage)?;
+        self.writeback
+            .wrote(self.out.get_ref(), in_file)
+            .map_err(storage)
     }
-    let file = out.into_inner().map_err(|err| storage(err.error()))?;
-    file.sync_data().map_err(storage)?;
-    Ok((written, hash))
+
+    /// Flushes and syncs what was written; the claim goes with the writer.
+    fn finish(self) -> Result<(u64, Sha256State), Error> {
+        let file = self.out.into_inner().map_err(|err| storage(err.error()))?;
+        file.sync_data().map_err(storage)?;
+        drop(self.claim);
+        Ok((self.written, self.hash))
+    }
+}
+
+/// Starts `work` on a blocking thread once one of the `WRITERS` places is free: a slow disk
+/// makes uploads wait for a place, it never grows the number of threads writing. The job runs
+/// to its end even if its handle is dropped.
+async fn on_writer<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<tokio::task::JoinHandle<Result<T, Error>>, Error> {
+    static PLACES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(WRITERS);
+    let place = PLACES
+        .acquire()
+        .await
+        .map_err(|err| Error::Storage(format!("the upload writers are closed: {err}")))?;
+    Ok(tokio::task::spawn_blocking(move || {
+        let done = work();
+        drop(place);
+        done
+    }))
+}
+
+/// What a writing job came to.
+async fn joined<T>(job: tokio::task::JoinHandle<Result<T, Error>>) -> Result<T, Error> {
+    job.await
+        .map_err(|err| Error::Storage(format!("the upload writer stopped: {err}")))?
 }
 
 pub(crate) struct LocalStaging {
@@ -112,9 +166,11 @@ impl LocalStaging {
     }
 
     /// Writes `body` at `offset` and syncs it; bytes past `offset` left by a failed chunk are
-    /// dropped first. The body is received here while a blocking thread hashes and writes the
-    /// previous chunks, so receiving, hashing and writing overlap. The thread owns `claim`
-    /// until it exits: if this future is dropped, the thread still writes what was queued.
+    /// dropped first. The body is received here in batches while a writing job hashes and
+    /// writes the previous one, so receiving, hashing and writing overlap; between batches the
+    /// upload holds no thread, so a slow or idle client costs its buffers and nothing else.
+    /// `claim` travels with the file: if this future is dropped while a job writes, the job
+    /// keeps the claim until it is done.
     pub async fn append<S, E>(
         &self,
         session: &str,
@@ -128,18 +184,13 @@ impl LocalStaging {
         E: std::fmt::Display,
     {
         let path = self.staging_path(session);
-        let (batches, received) = tokio::sync::mpsc::channel::<Vec<Bytes>>(BATCHES_IN_FLIGHT);
         let hash = state.hash.clone();
-        let writer = tokio::task::spawn_blocking(move || {
-            let written = write_staging(&path, offset, hash, received);
-            // Only now can nothing this request started touch the file any more.
-            drop(claim);
-            written
-        });
+        let claim: Box<dyn Send> = Box::new(claim);
+        // The job in flight: opening the file, then writing one batch; it hands the writer back.
+        let mut job = on_writer(move || Writer::open(&path, offset, hash, claim)).await?;
         let mut body = std::pin::pin!(body);
         let mut failed = None;
-        // Chunks travel in batches: one hand-over (a thread wake-up) per BATCH_BYTES, not per
-        // TLS record.
+        // Chunks travel in batches: one job per BATCH_BYTES, not per TLS record.
         let mut batch = Vec::new();
         let mut batched = 0;
         loop {
@@ -158,23 +209,26 @@ impl LocalStaging {
             };
             if (end && !batch.is_empty()) || batched >= BATCH_BYTES {
                 batched = 0;
-                // A closed channel means the writer failed; its error is reported below.
-                if batches.send(std::mem::take(&mut batch)).await.is_err() {
-                    break;
-                }
+                let mut writer = joined(job).await?;
+                let batch = std::mem::take(&mut batch);
+                job = on_writer(move || {
+                    writer.write(batch)?;
+                    Ok(writer)
+                })
+                .await?;
             }
             if end {
                 break;
             }
         }
-        drop(batches);
-        let written = writer
-            .await
-            .map_err(|err| Error::Storage(format!("the upload writer stopped: {err}")))?;
+        let writer = joined(job).await?;
         if let Some(err) = failed {
+            // Closing flushes the buffer (bytes no one acknowledges: the next request truncates
+            // them), so off the async thread; the claim goes once the file is closed.
+            let _ = tokio::task::spawn_blocking(move || drop(writer)).await;
             return Err(err);
         }
-        let (written, hash) = written?;
+        let (written, hash) = joined(on_writer(move || writer.finish()).await?).await?;
         state.hash = hash;
         Ok(written)
     }
@@ -527,5 +581,49 @@ mod tests {
             std::fs::read(dir.path().join("uploads/gated")).expect("staged"),
             b"mine"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_uploads_hold_no_thread_so_other_uploads_proceed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(BlobStore::local(dir.path()).expect("store"));
+        // More clients that sent a byte and went quiet than tokio has blocking threads (512).
+        let quiet_clients = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let idle: Vec<_> = (0..600)
+            .map(|n| {
+                let store = Arc::clone(&store);
+                let quiet_clients = Arc::clone(&quiet_clients);
+                tokio::spawn(async move {
+                    let mut sent = false;
+                    let quiet = stream::poll_fn(move |_| {
+                        if sent {
+                            quiet_clients.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            return std::task::Poll::Pending;
+                        }
+                        sent = true;
+                        std::task::Poll::Ready(Some(Ok::<_, Infallible>(Bytes::from_static(b"x"))))
+                    });
+                    let mut state = UploadState::new();
+                    store
+                        .append(&format!("idle-{n}"), 0, &mut state, quiet, ())
+                        .await
+                })
+            })
+            .collect();
+        while quiet_clients.load(std::sync::atomic::Ordering::SeqCst) < 600 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let mut state = UploadState::new();
+        let written = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            store.append("busy", 0, &mut state, body(b"still served"), ()),
+        )
+        .await
+        .expect("an upload is written while 600 others wait for their clients")
+        .expect("append");
+        assert_eq!(written, 12);
+        for upload in idle {
+            upload.abort();
+        }
     }
 }

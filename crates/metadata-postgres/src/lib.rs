@@ -38,7 +38,7 @@ use async_trait::async_trait;
 use metadata::schema::{AppliedMigration, Migration, MigrationRun, SchemaCheck};
 use metadata::{
     Error, ManifestCommit, ManifestRecord, MetadataStore, PageRequest, Referrer, Timestamp,
-    UploadId, UploadRecord,
+    UploadId, UploadLimits, UploadRecord,
 };
 use oci::{Digest, RepositoryName, Tag};
 use sqlx::migrate::{Migrate, MigrateError};
@@ -627,8 +627,14 @@ impl MetadataStore for PostgresStore {
             .collect()
     }
 
-    async fn create_upload(&self, upload: &UploadRecord) -> Result<(), Error> {
-        sqlx::query("INSERT INTO uploads (id, repository, byte_offset, hash_state, storage_state, principal, created_at, updated_at) VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8)")
+    async fn create_upload(
+        &self,
+        upload: &UploadRecord,
+        limits: UploadLimits,
+    ) -> Result<bool, Error> {
+        // The counts are read in the insert's own snapshot: concurrent starts may each see room
+        // for one more, so a limit can be passed by a few, never by much.
+        let result = sqlx::query("INSERT INTO uploads (id, repository, byte_offset, hash_state, storage_state, principal, created_at, updated_at) SELECT $1::uuid, $2, $3, $4, $5, $6, $7, $8 WHERE (SELECT count(*) FROM uploads WHERE principal = $6) < $9 AND (SELECT count(*) FROM uploads WHERE repository = $2) < $10")
             .bind(upload.id.to_string())
             .bind(upload.repository.as_str())
             .bind(to_i64(upload.offset))
@@ -637,10 +643,12 @@ impl MetadataStore for PostgresStore {
             .bind(upload.principal.as_deref())
             .bind(upload.created_at)
             .bind(upload.updated_at)
+            .bind(i64::from(limits.per_principal))
+            .bind(i64::from(limits.per_repository))
             .execute(&self.pool)
             .await
             .map_err(backend)?;
-        Ok(())
+        Ok(result.rows_affected() > 0)
     }
 
     async fn upload(&self, id: UploadId) -> Result<Option<UploadRecord>, Error> {

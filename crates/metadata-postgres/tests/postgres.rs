@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use metadata::identity::SigningKeyRecord;
 use metadata::schema::MigrationRun;
-use metadata::{Error, IdentityStore, MetadataStore};
+use metadata::{Error, IdentityStore, MetadataStore, UploadLimits};
 use metadata_postgres::testing::{write_unrelated_ca, Cluster};
 use metadata_postgres::{PoolSettings, PostgresStore};
 use oci::{Digest, RepositoryName};
@@ -78,6 +78,7 @@ async fn replicas_migrating_together_apply_each_migration_once_and_agree_on_one_
                 kid: format!("k{n}"),
                 pem: format!("pem{n}"),
                 created_at: 1,
+                retired_at: None,
             };
             store.add_first_signing_key(&key).await
         });
@@ -298,6 +299,7 @@ async fn a_single_node_database_imports_into_an_empty_postgres() {
         kid: "k1".into(),
         pem: "pem".into(),
         created_at: 12,
+        retired_at: None,
     };
     {
         let single = metadata_sqlite::SqliteStore::open(&path)
@@ -483,16 +485,19 @@ async fn replicas_sweeping_together_never_claim_the_same_upload() {
     let repository: RepositoryName = "sweep/app".parse().expect("valid");
     for n in 0..60u128 {
         first
-            .create_upload(&UploadRecord {
-                id: UploadId(uuid::Uuid::from_u128(n + 1)),
-                repository: repository.clone(),
-                offset: 0,
-                hash_state: vec![1],
-                storage_state: Vec::new(),
-                principal: None,
-                created_at: 1,
-                updated_at: 1,
-            })
+            .create_upload(
+                &UploadRecord {
+                    id: UploadId(uuid::Uuid::from_u128(n + 1)),
+                    repository: repository.clone(),
+                    offset: 0,
+                    hash_state: vec![1],
+                    storage_state: Vec::new(),
+                    principal: None,
+                    created_at: 1,
+                    updated_at: 1,
+                },
+                UploadLimits::UNLIMITED,
+            )
             .await
             .expect("create");
     }

@@ -1,9 +1,13 @@
 //! `IdentityStore` on SQLite.
+//!
+//! Invariant, beyond the crate's: revocations are recorded inside the writer's transaction
+//! (`revoke`), so epochs, drawn as one more than the highest, are handed out in commit order.
 
 use async_trait::async_trait;
 use metadata::identity::{
     AccessTokenRecord, AuditEvent, AuditFilter, AuditRecord, IdentityStore, MemberRecord,
-    ProjectRecord, RobotRecord, SecretOwner, SigningKeyRecord, UserRecord, UserUpdate,
+    ProjectRecord, RefreshTokenRecord, Revocation, RobotRecord, SecretOwner, SigningKeyRecord,
+    UserRecord, UserUpdate,
 };
 use metadata::{Error, Timestamp};
 use sqlx::sqlite::SqliteRow;
@@ -15,6 +19,49 @@ fn conflict_on_unique(err: sqlx::Error, what: String) -> Error {
     match &err {
         sqlx::Error::Database(db) if db.is_unique_violation() => Error::Conflict(what),
         _ => backend(err),
+    }
+}
+
+/// Moves `subject`'s revocation epoch above every epoch before, in the writer's transaction.
+async fn revoke(tx: &mut sqlx::SqliteConnection, subject: &str) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO revocations (subject, epoch) VALUES (?, (SELECT COALESCE(MAX(epoch), 0) + 1 FROM revocations))
+         ON CONFLICT (subject) DO UPDATE SET epoch = excluded.epoch",
+    )
+    .bind(subject)
+    .execute(&mut *tx)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+/// Whether a user update ends the tokens the user holds: disabling, removing the admin role
+/// (tokens carry what the role allowed), setting a password (the account may have been taken).
+fn update_revokes(update: &UserUpdate) -> bool {
+    update.disabled == Some(true) || update.admin == Some(false) || update.password_hash.is_some()
+}
+
+const REFRESH_COLUMNS: &str =
+    "id, subject, credential, created_at, expires_at, last_used_at, revoked";
+
+fn refresh_token(row: &SqliteRow) -> RefreshTokenRecord {
+    RefreshTokenRecord {
+        id: row.get("id"),
+        subject: row.get("subject"),
+        credential: row.get("credential"),
+        created_at: row.get("created_at"),
+        expires_at: row.get("expires_at"),
+        last_used_at: row.get("last_used_at"),
+        revoked: row.get("revoked"),
+    }
+}
+
+fn signing_key(row: &SqliteRow) -> SigningKeyRecord {
+    SigningKeyRecord {
+        kid: row.get("kid"),
+        pem: row.get("pem"),
+        created_at: row.get("created_at"),
+        retired_at: row.get("retired_at"),
     }
 }
 
@@ -106,7 +153,7 @@ impl IdentityStore for SqliteStore {
         update: &UserUpdate,
     ) -> Result<Option<UserRecord>, Error> {
         let mut tx = self.write().await?;
-        sqlx::query(
+        let result = sqlx::query(
             "UPDATE users SET password_hash = COALESCE(?, password_hash), admin = COALESCE(?, admin), disabled = COALESCE(?, disabled)
              WHERE name = ?",
         )
@@ -117,6 +164,9 @@ impl IdentityStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
+        if result.rows_affected() > 0 && update_revokes(update) {
+            revoke(&mut tx, &format!("user:{name}")).await?;
+        }
         let row = sqlx::query("SELECT * FROM users WHERE name = ?")
             .bind(name)
             .fetch_optional(&mut *tx)
@@ -127,12 +177,24 @@ impl IdentityStore for SqliteStore {
     }
 
     async fn delete_user(&self, name: &str) -> Result<bool, Error> {
+        let mut tx = self.write().await?;
         let result = sqlx::query("DELETE FROM users WHERE name = ?")
             .bind(name)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        Ok(result.rows_affected() > 0)
+        let deleted = result.rows_affected() > 0;
+        if deleted {
+            let subject = format!("user:{name}");
+            sqlx::query("DELETE FROM refresh_tokens WHERE subject = ?")
+                .bind(&subject)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            revoke(&mut tx, &subject).await?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(deleted)
     }
 
     async fn create_project(&self, record: &ProjectRecord) -> Result<(), Error> {
@@ -200,6 +262,18 @@ impl IdentityStore for SqliteStore {
             return Err(Error::Conflict(format!(
                 "project {name} still holds repositories; delete them first"
             )));
+        }
+        // Its robots go with it: their tokens end, and a robot re-created under the same name
+        // is not honoured with them.
+        let robots: Vec<String> = sqlx::query_scalar(
+            "SELECT r.name FROM robots r JOIN projects p ON p.id = r.project_id WHERE p.name = ? ORDER BY r.name",
+        )
+        .bind(name)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?;
+        for robot in robots {
+            revoke(&mut tx, &format!("robot:{robot}")).await?;
         }
         let result = sqlx::query("DELETE FROM projects WHERE name = ?")
             .bind(name)
@@ -345,23 +419,35 @@ impl IdentityStore for SqliteStore {
         secret_hash: &str,
         expires_at: Option<Timestamp>,
     ) -> Result<bool, Error> {
+        let mut tx = self.write().await?;
         let result = sqlx::query("UPDATE robots SET secret_hash = ?, expires_at = COALESCE(?, expires_at) WHERE name = ?")
             .bind(secret_hash)
             .bind(expires_at)
             .bind(name)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        Ok(result.rows_affected() > 0)
+        let rotated = result.rows_affected() > 0;
+        if rotated {
+            revoke(&mut tx, &format!("robot:{name}")).await?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(rotated)
     }
 
     async fn revoke_robot(&self, name: &str) -> Result<bool, Error> {
+        let mut tx = self.write().await?;
         let result = sqlx::query("UPDATE robots SET revoked = 1 WHERE name = ?")
             .bind(name)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        Ok(result.rows_affected() > 0)
+        let revoked = result.rows_affected() > 0;
+        if revoked {
+            revoke(&mut tx, &format!("robot:{name}")).await?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(revoked)
     }
 
     async fn create_access_token(
@@ -400,13 +486,19 @@ impl IdentityStore for SqliteStore {
     }
 
     async fn revoke_access_token(&self, user: &str, id: &str) -> Result<bool, Error> {
+        let mut tx = self.write().await?;
         let result = sqlx::query("UPDATE access_tokens SET revoked = 1 WHERE id = ? AND user_id = (SELECT id FROM users WHERE name = ?)")
             .bind(id)
             .bind(user)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        Ok(result.rows_affected() > 0)
+        let revoked = result.rows_affected() > 0;
+        if revoked {
+            revoke(&mut tx, &format!("token:{id}")).await?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(revoked)
     }
 
     async fn secret_owner(
@@ -457,41 +549,165 @@ impl IdentityStore for SqliteStore {
     }
 
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, Error> {
+        let rows = sqlx::query(
+            "SELECT kid, pem, created_at, retired_at FROM signing_keys ORDER BY created_at, kid",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)?;
+        Ok(rows.iter().map(signing_key).collect())
+    }
+
+    async fn add_first_signing_key(&self, key: &SigningKeyRecord) -> Result<(), Error> {
+        let mut tx = self.write().await?;
+        let result = sqlx::query("INSERT INTO signing_keys (kid, pem, created_at) SELECT ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM signing_keys)")
+            .bind(&key.kid)
+            .bind(&key.pem)
+            .bind(key.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if result.rows_affected() > 0 {
+            revoke(&mut tx, &format!("key:{}", key.kid)).await?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn add_signing_key(&self, key: &SigningKeyRecord) -> Result<(), Error> {
+        let mut tx = self.write().await?;
+        let result = sqlx::query("INSERT INTO signing_keys (kid, pem, created_at) VALUES (?, ?, ?) ON CONFLICT (kid) DO NOTHING")
+            .bind(&key.kid)
+            .bind(&key.pem)
+            .bind(key.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        // Other replicas learn of the new key by its epoch, and load it to verify its tokens.
+        if result.rows_affected() > 0 {
+            revoke(&mut tx, &format!("key:{}", key.kid)).await?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn retire_signing_key(
+        &self,
+        kid: &str,
+        now: Timestamp,
+        replacement: Option<&SigningKeyRecord>,
+    ) -> Result<bool, Error> {
+        let mut tx = self.write().await?;
+        let result = sqlx::query(
+            "UPDATE signing_keys SET retired_at = ? WHERE kid = ? AND retired_at IS NULL",
+        )
+        .bind(now)
+        .bind(kid)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if result.rows_affected() == 0 {
+            return Ok(false);
+        }
+        if let Some(key) = replacement {
+            sqlx::query("INSERT INTO signing_keys (kid, pem, created_at) VALUES (?, ?, ?)")
+                .bind(&key.kid)
+                .bind(&key.pem)
+                .bind(key.created_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            revoke(&mut tx, &format!("key:{}", key.kid)).await?;
+        }
+        revoke(&mut tx, &format!("key:{kid}")).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
+    }
+
+    async fn create_refresh_token(&self, token: &RefreshTokenRecord) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO refresh_tokens (id, subject, credential, created_at, expires_at, last_used_at, revoked)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&token.id)
+        .bind(&token.subject)
+        .bind(&token.credential)
+        .bind(token.created_at)
+        .bind(token.expires_at)
+        .bind(token.last_used_at)
+        .bind(token.revoked)
+        .execute(&self.writer)
+        .await
+        .map_err(|err| conflict_on_unique(err, format!("refresh token {} exists", token.id)))?;
+        Ok(())
+    }
+
+    async fn use_refresh_token(
+        &self,
+        id: &str,
+        now: Timestamp,
+        expires_at: Option<Timestamp>,
+    ) -> Result<Option<RefreshTokenRecord>, Error> {
+        let row = sqlx::query(&format!(
+            "UPDATE refresh_tokens SET last_used_at = ?, expires_at = COALESCE(?, expires_at)
+             WHERE id = ? RETURNING {REFRESH_COLUMNS}"
+        ))
+        .bind(now)
+        .bind(expires_at)
+        .bind(id)
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(row.as_ref().map(refresh_token))
+    }
+
+    async fn list_refresh_tokens(&self, subject: &str) -> Result<Vec<RefreshTokenRecord>, Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE subject = ? ORDER BY created_at, id"
+        ))
+        .bind(subject)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)?;
+        Ok(rows.iter().map(refresh_token).collect())
+    }
+
+    async fn revoke_refresh_token(&self, subject: &str, id: &str) -> Result<bool, Error> {
+        let mut tx = self.write().await?;
+        let result =
+            sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE id = ? AND subject = ?")
+                .bind(id)
+                .bind(subject)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        let revoked = result.rows_affected() > 0;
+        if revoked {
+            revoke(&mut tx, &format!("refresh:{id}")).await?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(revoked)
+    }
+
+    async fn revocations_since(&self, epoch: i64) -> Result<Vec<Revocation>, Error> {
         let rows =
-            sqlx::query("SELECT kid, pem, created_at FROM signing_keys ORDER BY created_at, kid")
+            sqlx::query("SELECT subject, epoch FROM revocations WHERE epoch > ? ORDER BY epoch")
+                .bind(epoch)
                 .fetch_all(&self.reader)
                 .await
                 .map_err(backend)?;
         Ok(rows
             .iter()
-            .map(|row| SigningKeyRecord {
-                kid: row.get("kid"),
-                pem: row.get("pem"),
-                created_at: row.get("created_at"),
+            .map(|row| Revocation {
+                subject: row.get("subject"),
+                epoch: row.get("epoch"),
             })
             .collect())
     }
 
-    async fn add_first_signing_key(&self, key: &SigningKeyRecord) -> Result<(), Error> {
-        sqlx::query("INSERT INTO signing_keys (kid, pem, created_at) SELECT ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM signing_keys)")
-            .bind(&key.kid)
-            .bind(&key.pem)
-            .bind(key.created_at)
-            .execute(&self.writer)
+    async fn revocation_epoch(&self) -> Result<i64, Error> {
+        sqlx::query_scalar("SELECT COALESCE(MAX(epoch), 0) FROM revocations")
+            .fetch_one(&self.reader)
             .await
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    async fn add_signing_key(&self, key: &SigningKeyRecord) -> Result<(), Error> {
-        sqlx::query("INSERT INTO signing_keys (kid, pem, created_at) VALUES (?, ?, ?) ON CONFLICT (kid) DO NOTHING")
-            .bind(&key.kid)
-            .bind(&key.pem)
-            .bind(key.created_at)
-            .execute(&self.writer)
-            .await
-            .map_err(backend)?;
-        Ok(())
+            .map_err(backend)
     }
 
     async fn record_audit(&self, event: &AuditEvent) -> Result<(), Error> {

@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use metadata::schema::{AppliedMigration, Migration, MigrationRun, SchemaCheck};
 use metadata::{
     Error, ManifestCommit, ManifestRecord, MetadataStore, PageRequest, Referrer, Timestamp,
-    UploadId, UploadRecord,
+    UploadId, UploadLimits, UploadRecord,
 };
 use oci::{Digest, RepositoryName, Tag};
 use sqlx::migrate::Migrate;
@@ -567,8 +567,13 @@ impl MetadataStore for SqliteStore {
             .collect()
     }
 
-    async fn create_upload(&self, upload: &UploadRecord) -> Result<(), Error> {
-        sqlx::query("INSERT INTO uploads (id, repository, byte_offset, hash_state, storage_state, principal, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+    async fn create_upload(
+        &self,
+        upload: &UploadRecord,
+        limits: UploadLimits,
+    ) -> Result<bool, Error> {
+        // One statement on the single writer: the counts and the insert see the same rows.
+        let result = sqlx::query("INSERT INTO uploads (id, repository, byte_offset, hash_state, storage_state, principal, created_at, updated_at) SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE (SELECT count(*) FROM uploads WHERE principal = ?) < ? AND (SELECT count(*) FROM uploads WHERE repository = ?) < ?")
             .bind(upload.id.to_string())
             .bind(upload.repository.as_str())
             .bind(to_i64(upload.offset))
@@ -577,10 +582,14 @@ impl MetadataStore for SqliteStore {
             .bind(upload.principal.as_deref())
             .bind(upload.created_at)
             .bind(upload.updated_at)
+            .bind(upload.principal.as_deref())
+            .bind(i64::from(limits.per_principal))
+            .bind(upload.repository.as_str())
+            .bind(i64::from(limits.per_repository))
             .execute(&self.writer)
             .await
             .map_err(backend)?;
-        Ok(())
+        Ok(result.rows_affected() > 0)
     }
 
     async fn upload(&self, id: UploadId) -> Result<Option<UploadRecord>, Error> {

@@ -3,7 +3,9 @@
 
 use oci::{Digest, RepositoryName, Tag};
 
-use crate::{Error, ManifestCommit, MetadataStore, PageRequest, UploadId, UploadRecord};
+use crate::{
+    Error, ManifestCommit, MetadataStore, PageRequest, UploadId, UploadLimits, UploadRecord,
+};
 
 fn digest(n: u8) -> Digest {
     Digest::sha256_from_bytes(&[n; 32])
@@ -46,6 +48,52 @@ fn commit<'a>(
 }
 
 /// Runs every behaviour check against `store`, which must start empty.
+async fn open_uploads_are_bounded_per_principal_and_repository(store: &dyn MetadataStore) {
+    let record = |n: u128, repository: &str, principal: &str| UploadRecord {
+        id: UploadId(uuid::Uuid::from_u128(0xb0_0000 + n)),
+        repository: repository.parse().expect("valid"),
+        offset: 0,
+        hash_state: vec![1],
+        storage_state: Vec::new(),
+        principal: Some(principal.to_owned()),
+        created_at: 1,
+        updated_at: 1,
+    };
+    let limits = UploadLimits {
+        per_principal: 2,
+        per_repository: 3,
+    };
+    for (n, repository, principal, created) in [
+        (1, "bounded/a", "user:pusher", true),
+        (2, "bounded/b", "user:pusher", true),
+        (3, "bounded/c", "user:pusher", false),
+        (4, "bounded/a", "user:other", true),
+        (5, "bounded/a", "user:third", true),
+        (6, "bounded/a", "user:fourth", false),
+    ] {
+        let upload = record(n, repository, principal);
+        assert_eq!(
+            store.create_upload(&upload, limits).await.expect("create"),
+            created,
+            "upload {n} by {principal} in {repository}"
+        );
+        assert_eq!(
+            store.upload(upload.id).await.expect("query").is_some(),
+            created,
+            "a refused upload records nothing"
+        );
+    }
+    // A finished session makes room again.
+    assert!(store
+        .delete_upload(record(1, "bounded/a", "user:pusher").id)
+        .await
+        .expect("delete"));
+    assert!(store
+        .create_upload(&record(7, "bounded/c", "user:pusher"), limits)
+        .await
+        .expect("create"));
+}
+
 pub async fn run(store: &dyn MetadataStore) {
     blobs_are_visible_per_repository(store).await;
     manifests_require_their_references(store).await;
@@ -55,6 +103,7 @@ pub async fn run(store: &dyn MetadataStore) {
     referrers_filter_by_artifact_type(store).await;
     uploads_advance_only_from_the_expected_offset(store).await;
     one_claim_ends_an_upload(store).await;
+    open_uploads_are_bounded_per_principal_and_repository(store).await;
 }
 
 async fn blobs_are_visible_per_repository(store: &dyn MetadataStore) {
@@ -373,7 +422,10 @@ async fn uploads_advance_only_from_the_expected_offset(store: &dyn MetadataStore
         updated_at: 100,
     };
     assert_eq!(store.upload(id).await.expect("query"), None);
-    store.create_upload(&record).await.expect("create");
+    assert!(store
+        .create_upload(&record, UploadLimits::UNLIMITED)
+        .await
+        .expect("create"));
     assert_eq!(store.upload(id).await.expect("query"), Some(record.clone()));
 
     assert!(store
@@ -403,7 +455,10 @@ async fn uploads_advance_only_from_the_expected_offset(store: &dyn MetadataStore
         updated_at: 500,
         ..record
     };
-    store.create_upload(&other).await.expect("create");
+    assert!(store
+        .create_upload(&other, UploadLimits::UNLIMITED)
+        .await
+        .expect("create"));
     let stale = store
         .claim_stale_uploads(300, 600, 10)
         .await
@@ -446,7 +501,10 @@ async fn one_claim_ends_an_upload(store: &dyn MetadataStore) {
         created_at: 1_000,
         updated_at: 1_000,
     };
-    store.create_upload(&record).await.expect("create");
+    assert!(store
+        .create_upload(&record, UploadLimits::UNLIMITED)
+        .await
+        .expect("create"));
     let (mine, theirs) = (digest(40), digest(41));
     let claim = |offset, digest, now, until| store.claim_upload(id, offset, digest, now, until);
 
@@ -518,6 +576,10 @@ pub async fn run_identity(store: &dyn crate::IdentityStore) {
     secrets_find_their_robot_or_token(store).await;
     the_first_signing_key_wins(store).await;
     audit_events_filter_newest_first(store).await;
+    changes_that_end_tokens_record_revocations_in_order(store).await;
+    deleting_accounts_revokes_them_and_their_refresh_tokens(store).await;
+    refresh_tokens_are_listed_used_and_revoked_one_at_a_time(store).await;
+    retired_signing_keys_are_kept_and_announced(store).await;
 }
 
 fn user_record(name: &str) -> crate::identity::UserRecord {
@@ -820,11 +882,13 @@ async fn the_first_signing_key_wins(store: &dyn crate::IdentityStore) {
         kid: "k1".into(),
         pem: "pem1".into(),
         created_at: 1,
+        retired_at: None,
     };
     let second = SigningKeyRecord {
         kid: "k2".into(),
         pem: "pem2".into(),
         created_at: 2,
+        retired_at: None,
     };
     store.add_first_signing_key(&first).await.expect("add");
     store
@@ -837,6 +901,7 @@ async fn the_first_signing_key_wins(store: &dyn crate::IdentityStore) {
         kid: "k3".into(),
         pem: "pem3".into(),
         created_at: 3,
+        retired_at: None,
     };
     store.add_signing_key(&configured).await.expect("add");
     store
@@ -914,4 +979,332 @@ async fn audit_events_filter_newest_first(store: &dyn crate::IdentityStore) {
         .await
         .expect("audit");
     assert_eq!(older.len(), 2);
+}
+
+/// The revocations recorded above `epoch`, as `subject@n` with `n` counted from `epoch`, and
+/// the store's epoch after them.
+async fn revoked_since(store: &dyn crate::IdentityStore, epoch: i64) -> (Vec<String>, i64) {
+    let changes = store.revocations_since(epoch).await.expect("revocations");
+    let listed = changes
+        .iter()
+        .map(|change| format!("{}@{}", change.subject, change.epoch - epoch))
+        .collect();
+    (listed, store.revocation_epoch().await.expect("epoch"))
+}
+
+async fn changes_that_end_tokens_record_revocations_in_order(store: &dyn crate::IdentityStore) {
+    use crate::identity::{AccessTokenRecord, ProjectRecord, RobotRecord, UserUpdate};
+    let start = store.revocation_epoch().await.expect("epoch");
+    store
+        .create_user(&user_record("rita"))
+        .await
+        .expect("create");
+    store
+        .create_project(&ProjectRecord {
+            name: "rev".into(),
+            public: false,
+            created_at: 10,
+        })
+        .await
+        .expect("create");
+    let robot = RobotRecord {
+        name: "robot$rev+ci".into(),
+        project: Some("rev".into()),
+        description: None,
+        grants: "[]".into(),
+        expires_at: 1_000,
+        revoked: false,
+        created_at: 10,
+        last_used_at: None,
+    };
+    store
+        .create_robot(&robot, "rev-robot-hash")
+        .await
+        .expect("create");
+    let token = AccessTokenRecord {
+        id: "revt1".into(),
+        user: "rita".into(),
+        description: "laptop".into(),
+        expires_at: None,
+        revoked: false,
+        created_at: 10,
+        last_used_at: None,
+    };
+    store
+        .create_access_token(&token, "rev-token-hash")
+        .await
+        .expect("create");
+    assert_eq!(
+        revoked_since(store, start).await,
+        (Vec::new(), start),
+        "creating records revokes nothing"
+    );
+
+    let harmless = UserUpdate {
+        admin: Some(true),
+        disabled: Some(false),
+        ..UserUpdate::default()
+    };
+    store.update_user("rita", &harmless).await.expect("update");
+    assert_eq!(revoked_since(store, start).await.0, Vec::<String>::new());
+    let disable = UserUpdate {
+        disabled: Some(true),
+        ..UserUpdate::default()
+    };
+    store.update_user("rita", &disable).await.expect("update");
+    store
+        .rotate_robot("robot$rev+ci", "rev-robot-hash-2", None)
+        .await
+        .expect("rotate");
+    store
+        .revoke_access_token("rita", "revt1")
+        .await
+        .expect("revoke");
+    assert_eq!(
+        revoked_since(store, start).await,
+        (
+            vec![
+                "user:rita@1".to_owned(),
+                "robot:robot$rev+ci@2".to_owned(),
+                "token:revt1@3".to_owned()
+            ],
+            start + 3
+        )
+    );
+    store.revoke_robot("robot$rev+ci").await.expect("revoke");
+    for update in [
+        UserUpdate {
+            admin: Some(false),
+            ..UserUpdate::default()
+        },
+        UserUpdate {
+            password_hash: Some("new-hash-of-rita".into()),
+            ..UserUpdate::default()
+        },
+    ] {
+        store.update_user("rita", &update).await.expect("update");
+    }
+    assert_eq!(
+        revoked_since(store, start + 3).await,
+        (
+            vec!["robot:robot$rev+ci@1".to_owned(), "user:rita@3".to_owned()],
+            start + 6
+        ),
+        "a subject revoked again moves above every epoch; demotion and a new password revoke"
+    );
+    assert!(!store
+        .revoke_robot("robot$rev+nobody")
+        .await
+        .expect("revoke"));
+    store.update_user("nobody", &disable).await.expect("update");
+    assert_eq!(
+        revoked_since(store, start + 6).await.0,
+        Vec::<String>::new(),
+        "changing nothing revokes nothing"
+    );
+}
+
+async fn deleting_accounts_revokes_them_and_their_refresh_tokens(store: &dyn crate::IdentityStore) {
+    use crate::identity::{ProjectRecord, RefreshTokenRecord, RobotRecord};
+    store
+        .create_user(&user_record("dora"))
+        .await
+        .expect("create");
+    store
+        .create_refresh_token(&RefreshTokenRecord {
+            id: "dora-r1".into(),
+            subject: "user:dora".into(),
+            credential: "password".into(),
+            created_at: 10,
+            expires_at: 1_000,
+            last_used_at: None,
+            revoked: false,
+        })
+        .await
+        .expect("create");
+    store
+        .create_project(&ProjectRecord {
+            name: "gone".into(),
+            public: false,
+            created_at: 10,
+        })
+        .await
+        .expect("create");
+    for name in ["robot$gone+a", "robot$gone+b"] {
+        let robot = RobotRecord {
+            name: name.into(),
+            project: Some("gone".into()),
+            description: None,
+            grants: "[]".into(),
+            expires_at: 1_000,
+            revoked: false,
+            created_at: 10,
+            last_used_at: None,
+        };
+        store
+            .create_robot(&robot, &format!("hash-{name}"))
+            .await
+            .expect("create");
+    }
+    let start = store.revocation_epoch().await.expect("epoch");
+    assert!(store.delete_user("dora").await.expect("delete"));
+    assert!(store
+        .list_refresh_tokens("user:dora")
+        .await
+        .expect("list")
+        .is_empty());
+    assert!(store.delete_project("gone").await.expect("delete"));
+    let (mut revoked, epoch) = revoked_since(store, start).await;
+    revoked.sort();
+    assert_eq!(
+        revoked,
+        vec![
+            "robot:robot$gone+a@2",
+            "robot:robot$gone+b@3",
+            "user:dora@1"
+        ],
+        "a deleted project's robots are revoked with it, in name order"
+    );
+    assert_eq!(epoch, start + 3);
+    assert!(!store.delete_user("dora").await.expect("delete"));
+    assert_eq!(store.revocation_epoch().await.expect("epoch"), start + 3);
+}
+
+async fn refresh_tokens_are_listed_used_and_revoked_one_at_a_time(
+    store: &dyn crate::IdentityStore,
+) {
+    use crate::identity::RefreshTokenRecord;
+    let record = |id: &str, created_at| RefreshTokenRecord {
+        id: id.into(),
+        subject: "user:alice".into(),
+        credential: "password".into(),
+        created_at,
+        expires_at: 1_000,
+        last_used_at: None,
+        revoked: false,
+    };
+    for (id, created_at) in [("alice-r2", 20), ("alice-r1", 10)] {
+        store
+            .create_refresh_token(&record(id, created_at))
+            .await
+            .expect("create");
+    }
+    assert!(matches!(
+        store.create_refresh_token(&record("alice-r1", 30)).await,
+        Err(Error::Conflict(_))
+    ));
+    let used = store
+        .use_refresh_token("alice-r1", 50, Some(2_000))
+        .await
+        .expect("use")
+        .expect("exists");
+    assert_eq!((used.last_used_at, used.expires_at), (Some(50), 2_000));
+    let used = store
+        .use_refresh_token("alice-r1", 60, None)
+        .await
+        .expect("use")
+        .expect("exists");
+    assert_eq!((used.last_used_at, used.expires_at), (Some(60), 2_000));
+    assert_eq!(
+        store
+            .use_refresh_token("nobody-r", 60, None)
+            .await
+            .expect("use"),
+        None
+    );
+    let listed: Vec<String> = store
+        .list_refresh_tokens("user:alice")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|token| token.id)
+        .collect();
+    assert_eq!(listed, vec!["alice-r1", "alice-r2"], "oldest first");
+    let start = store.revocation_epoch().await.expect("epoch");
+    assert!(
+        !store
+            .revoke_refresh_token("user:bob", "alice-r1")
+            .await
+            .expect("revoke"),
+        "only the owner's"
+    );
+    assert!(store
+        .revoke_refresh_token("user:alice", "alice-r1")
+        .await
+        .expect("revoke"));
+    let tokens = store.list_refresh_tokens("user:alice").await.expect("list");
+    assert_eq!(
+        tokens
+            .iter()
+            .map(|token| (token.id.as_str(), token.revoked))
+            .collect::<Vec<_>>(),
+        vec![("alice-r1", true), ("alice-r2", false)]
+    );
+    assert_eq!(
+        revoked_since(store, start).await,
+        (vec!["refresh:alice-r1@1".to_owned()], start + 1)
+    );
+}
+
+async fn retired_signing_keys_are_kept_and_announced(store: &dyn crate::IdentityStore) {
+    use crate::identity::SigningKeyRecord;
+    let start = store.revocation_epoch().await.expect("epoch");
+    let key = |kid: &str, created_at| SigningKeyRecord {
+        kid: kid.into(),
+        pem: format!("pem-{kid}"),
+        created_at,
+        retired_at: None,
+    };
+    store.add_signing_key(&key("k4", 4)).await.expect("add");
+    store
+        .add_signing_key(&key("k4", 4))
+        .await
+        .expect("adding a known kid is a no-op");
+    assert!(store
+        .retire_signing_key("k4", 50, Some(&key("k5", 50)))
+        .await
+        .expect("retire"));
+    assert!(
+        !store
+            .retire_signing_key("k4", 60, None)
+            .await
+            .expect("retire"),
+        "a retired key is not in use"
+    );
+    assert!(!store
+        .retire_signing_key("k-unknown", 60, None)
+        .await
+        .expect("retire"));
+    assert!(store
+        .retire_signing_key("k1", 70, None)
+        .await
+        .expect("retire"));
+    let keys: Vec<(String, Option<i64>)> = store
+        .signing_keys()
+        .await
+        .expect("keys")
+        .into_iter()
+        .map(|key| (key.kid, key.retired_at))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("k1".to_owned(), Some(70)),
+            ("k3".to_owned(), None),
+            ("k4".to_owned(), Some(50)),
+            ("k5".to_owned(), None),
+        ]
+    );
+    assert_eq!(
+        revoked_since(store, start).await,
+        (
+            vec![
+                "key:k5@2".to_owned(),
+                "key:k4@3".to_owned(),
+                "key:k1@4".to_owned()
+            ],
+            start + 4
+        ),
+        "new and retired keys are announced, so every replica reloads its keys"
+    );
 }

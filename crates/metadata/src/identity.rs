@@ -1,7 +1,15 @@
 //! Identity records and the `IdentityStore` trait: users, projects and their members, robot
-//! accounts, personal access tokens, token-signing keys and the audit log.
+//! accounts, personal access tokens, refresh tokens, token-signing keys, revocation epochs
+//! and the audit log.
 //!
 //! Invariants:
+//! - Every change that must end tokens already issued (disabling or deleting a user, changing
+//!   their password or removing their admin role; creating, rotating or revoking a robot,
+//!   deleting the project that holds it; revoking an access or refresh token; adding or
+//!   retiring a signing key) records a revocation in the same transaction: the subject's
+//!   epoch moves above every epoch before (`revocations_since`). Epochs are handed out in
+//!   commit order, so a reader that saw epoch `n` misses nothing by asking for what is
+//!   above `n`.
 //! - Secrets appear here only as hashes (`password_hash`, `secret_hash`); a record never holds
 //!   a plaintext secret.
 //! - Grants are stored as the JSON text the `registry` crate writes; this crate does not
@@ -81,6 +89,30 @@ pub struct SigningKeyRecord {
     pub kid: String,
     pub pem: String,
     pub created_at: Timestamp,
+    /// When it stopped verifying; `None` while it is in use.
+    pub retired_at: Option<Timestamp>,
+}
+
+/// A refresh token handed out by the token service, by its id (the token's `jti`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshTokenRecord {
+    pub id: String,
+    /// `user:<name>` or `robot:<name>`.
+    pub subject: String,
+    /// The kind of credential it was obtained with: `password`, `token`, `robot`.
+    pub credential: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub last_used_at: Option<Timestamp>,
+    pub revoked: bool,
+}
+
+/// One revocation (see the module's invariants): `subject` (`user:<name>`, `robot:<name>`,
+/// `token:<id>`, `refresh:<id>`, `key:<kid>`) was last revoked at `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub subject: String,
+    pub epoch: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,12 +216,41 @@ pub trait IdentityStore: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<Option<SecretOwner>, Error>;
 
-    /// Signing keys, oldest first.
+    /// Signing keys, retired ones included, oldest first.
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, Error>;
     /// Stores `key` only if no key exists yet (so replicas starting together agree on one).
     async fn add_first_signing_key(&self, key: &SigningKeyRecord) -> Result<(), Error>;
     /// Stores a configured key unless a key with its `kid` exists (rotation by configuration).
     async fn add_signing_key(&self, key: &SigningKeyRecord) -> Result<(), Error>;
+    /// Retires a key in use at `now`, storing `replacement` (a new key) with it when given;
+    /// false when there is no such key in use. Records revocations of both keys.
+    async fn retire_signing_key(
+        &self,
+        kid: &str,
+        now: Timestamp,
+        replacement: Option<&SigningKeyRecord>,
+    ) -> Result<bool, Error>;
+
+    /// Records a refresh token handed out.
+    async fn create_refresh_token(&self, token: &RefreshTokenRecord) -> Result<(), Error>;
+    /// A refresh token by id, recording its use at `now`, with the expiry of the refresh token
+    /// it is exchanged for when there is one (`expires_at`).
+    async fn use_refresh_token(
+        &self,
+        id: &str,
+        now: Timestamp,
+        expires_at: Option<Timestamp>,
+    ) -> Result<Option<RefreshTokenRecord>, Error>;
+    /// The refresh tokens of `subject`, oldest first.
+    async fn list_refresh_tokens(&self, subject: &str) -> Result<Vec<RefreshTokenRecord>, Error>;
+    /// Revokes one refresh token of `subject`; false when it has none with that id.
+    async fn revoke_refresh_token(&self, subject: &str, id: &str) -> Result<bool, Error>;
+
+    /// Revocations with an epoch above `epoch`, lowest first: one indexed read, what each
+    /// replica polls.
+    async fn revocations_since(&self, epoch: i64) -> Result<Vec<Revocation>, Error>;
+    /// The highest epoch handed out (0 before any): what a token issued now carries.
+    async fn revocation_epoch(&self) -> Result<i64, Error>;
 
     async fn record_audit(&self, event: &AuditEvent) -> Result<(), Error>;
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, Error>;

@@ -39,6 +39,20 @@ pub enum Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UploadId(pub uuid::Uuid);
 
+/// The most open upload sessions of one principal and of one repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadLimits {
+    pub per_principal: u32,
+    pub per_repository: u32,
+}
+
+impl UploadLimits {
+    pub const UNLIMITED: UploadLimits = UploadLimits {
+        per_principal: u32::MAX,
+        per_repository: u32::MAX,
+    };
+}
+
 impl std::fmt::Display for UploadId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
@@ -180,7 +194,14 @@ pub trait MetadataStore: Send + Sync + 'static {
         artifact_type: Option<&str>,
     ) -> Result<Vec<Referrer>, Error>;
 
-    async fn create_upload(&self, upload: &UploadRecord) -> Result<(), Error>;
+    /// Records a new upload session, unless its principal or its repository already holds
+    /// `limits`' number of open sessions: `false`, and nothing recorded. The counts are read
+    /// in the same statement (on Postgres, concurrent starts may pass a limit by a few).
+    async fn create_upload(
+        &self,
+        upload: &UploadRecord,
+        limits: UploadLimits,
+    ) -> Result<bool, Error>;
 
     async fn upload(&self, id: UploadId) -> Result<Option<UploadRecord>, Error>;
 

@@ -17,18 +17,30 @@
 //! - Credentials are checked only once the first accounts exist: a first start creates the
 //!   admin account while already listening (`hold_logins_until`), and a login that arrives
 //!   meanwhile waits for it rather than failing.
+//! - A revocation recorded by any replica ends the tokens it concerns here within
+//!   `revocation_refresh` (plus one read), with no read per request: tokens carry the store's
+//!   revocation epoch (`auth::revocation`), checked against epochs held in memory and re-read
+//!   every `revocation_refresh` by a task that lives as long as the `Access`. Epochs older than
+//!   `revocation_max_age` are read again before a token is honoured; if the store cannot
+//!   answer, the token is `Unconfirmed` (a 503), never honoured, and honoured again once a
+//!   read succeeds. A key announced in the epochs (added or retired) reloads the key set.
+//! - Refresh tokens are recorded (`refresh_tokens`), so they can be listed and revoked one at a
+//!   time; one without a record (issued before records, or its account deleted) is refused.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use auth::policy::{Action, Decision, Grant, Principal, ProjectPolicy, Role};
+use auth::revocation::{Refusal, Revocation, Revocations};
 use auth::scope::{Resource, Scope};
 use auth::token::{
-    AccessEntry, Claims, CredentialKind, IssuedToken, KeySet, SigningKey, TokenError,
+    AccessEntry, Claims, CredentialKind, IssuedToken, KeySet, Revocable, SigningKey, TokenError,
 };
-use metadata::identity::{AuditEvent, IdentityStore, SecretOwner, SigningKeyRecord, UserRecord};
+use metadata::identity::{
+    AuditEvent, IdentityStore, RefreshTokenRecord, SecretOwner, SigningKeyRecord, UserRecord,
+};
 use oci::RepositoryName;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
@@ -46,12 +58,18 @@ pub struct AccessSettings {
     pub refresh_lifetime: Duration,
     /// Accept Basic credentials directly on `/v2`, not only at the token endpoint.
     pub basic_on_v2: bool,
-    /// A configured token-signing key (PKCS#8 PEM, P-256). It signs from now on; every key used
-    /// before stays valid for verification. Without one, a key is generated on first start.
+    /// A configured token-signing key (PKCS#8 PEM, P-256). It signs from now on (unless it is
+    /// retired); every key used before stays valid for verification until it is retired.
+    /// Without one, a key is generated on first start.
     pub signing_key: Option<PrivatePem>,
     /// Where clients reach this registry (`https://host[:port]`, checked at load), for the
     /// token realm; `None`: the request's checked `Host`.
     pub external_url: Option<String>,
+    /// How often revocations (and signing-key changes) recorded by any replica are read.
+    pub revocation_refresh: Duration,
+    /// Revocations read longer ago than this are read again before a token is honoured: the
+    /// most a revocation elsewhere can take to stop a token here.
+    pub revocation_max_age: Duration,
 }
 
 /// A private key in PEM form; its `Debug` never shows it.
@@ -74,6 +92,8 @@ impl Default for AccessSettings {
             basic_on_v2: true,
             signing_key: None,
             external_url: None,
+            revocation_refresh: Duration::from_secs(2),
+            revocation_max_age: Duration::from_secs(5),
         }
     }
 }
@@ -219,6 +239,19 @@ enum Checked {
 pub struct Authenticated {
     pub principal: Principal,
     pub credential: Credential,
+    /// The id of the refresh token it was exchanged for, if any: revoking that refresh token
+    /// ends the tokens issued here too.
+    pub refresh_token: Option<String>,
+}
+
+impl Authenticated {
+    fn new(principal: Principal, credential: Credential) -> Authenticated {
+        Authenticated {
+            principal,
+            credential,
+            refresh_token: None,
+        }
+    }
 }
 
 /// Hex digits of a stored hash's fingerprint (96 bits): enough to tell a changed hash, while a
@@ -233,9 +266,169 @@ fn fingerprint(stored_hash: &str) -> String {
 const VERIFIED_CACHE_SECS: i64 = 60;
 const VERIFIED_CACHE_MAX: usize = 10_000;
 
+/// A token signed by a key this replica does not know reads the store again (a key another
+/// replica just added), but not more often than this, so unknown `kid`s cannot make every
+/// request a read.
+const UNKNOWN_KEY_REREAD: Duration = Duration::from_millis(250);
+
+/// What verifies tokens, kept current with the store: the key set and the revocation epochs.
+/// Shared with the task that re-reads them, which ends when the `Access` is dropped.
+struct Verifier {
+    store: Arc<dyn IdentityStore>,
+    keys: RwLock<Arc<KeySet>>,
+    revocations: RwLock<Revocations>,
+    /// One read of the store at a time; who waited finds it done.
+    reading: tokio::sync::Mutex<Option<Instant>>,
+    /// The configured signing key's id: it signs while it is not retired.
+    configured: Option<String>,
+    issuer: String,
+    service: String,
+}
+
+/// The key set of the keys in use (not retired) among `records`: the configured key, if in
+/// use, else the newest signs. `None` when no key is in use.
+fn key_set(
+    records: &[SigningKeyRecord],
+    configured: Option<&str>,
+    issuer: &str,
+    service: &str,
+) -> Result<Option<KeySet>, Error> {
+    let mut active: Vec<&SigningKeyRecord> = records
+        .iter()
+        .filter(|record| record.retired_at.is_none())
+        .collect();
+    if active.is_empty() {
+        return Ok(None);
+    }
+    // Newest first; the configured key, if in use, in front.
+    active.sort_by_key(|record| std::cmp::Reverse((record.created_at, record.kid.clone())));
+    if let Some(position) = active
+        .iter()
+        .position(|record| Some(record.kid.as_str()) == configured)
+    {
+        let chosen = active.remove(position);
+        active.insert(0, chosen);
+    }
+    let keys = active
+        .iter()
+        .map(|record| {
+            SigningKey::from_pem(&record.pem)
+                .map_err(|err| Error::Internal(format!("signing key {}: {err}", record.kid)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    KeySet::new(keys, issuer, service)
+        .map(Some)
+        .map_err(|err| Error::Internal(err.to_string()))
+}
+
+impl Verifier {
+    fn keys(&self) -> Arc<KeySet> {
+        match self.keys.read() {
+            Ok(keys) => keys.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn seen(&self) -> i64 {
+        self.revocations
+            .read()
+            .map_or(0, |revocations| revocations.seen())
+    }
+
+    /// Verifies a token with the keys and revocations as known now, without reading.
+    fn check(&self, token: &str, allow_expired: bool) -> Result<Claims, TokenError> {
+        let keys = self.keys();
+        let claims = if allow_expired {
+            keys.verify_allowing_expiry(token, now())?
+        } else {
+            keys.verify(token, false, now())?
+        };
+        let decided = match self.revocations.read() {
+            Ok(revocations) => revocations.check(&claims, Instant::now()),
+            Err(_) => Err(Refusal::Unconfirmed),
+        };
+        match decided {
+            Ok(()) => Ok(claims),
+            Err(Refusal::Revoked) => Err(TokenError::Revoked),
+            Err(Refusal::Unconfirmed) => Err(TokenError::Unconfirmed),
+        }
+    }
+
+    /// Reads the revocations above those seen, and the keys when one of them names a key.
+    /// With `unless_since`, a read that started after it is taken as good enough.
+    async fn read(&self, unless_since: Option<Instant>) -> Result<(), Error> {
+        let mut last = self.reading.lock().await;
+        if let (Some(since), Some(last)) = (unless_since, *last) {
+            if last >= since {
+                return Ok(());
+            }
+        }
+        let started = Instant::now();
+        let changes = self.store.revocations_since(self.seen()).await?;
+        if changes
+            .iter()
+            .any(|change| change.subject.starts_with("key:"))
+        {
+            let records = self.store.signing_keys().await?;
+            let keys = key_set(
+                &records,
+                self.configured.as_deref(),
+                &self.issuer,
+                &self.service,
+            )?
+            .ok_or_else(|| Error::Internal("every signing key is retired".into()))?;
+            tracing::info!(
+                kid = keys.signing_kid(),
+                "signing keys changed; {} signs",
+                keys.signing_kid()
+            );
+            if let Ok(mut current) = self.keys.write() {
+                *current = Arc::new(keys);
+            }
+        }
+        let changes: Vec<Revocation> = changes
+            .into_iter()
+            .map(|change| Revocation {
+                subject: change.subject,
+                epoch: change.epoch,
+            })
+            .collect();
+        if let Ok(mut revocations) = self.revocations.write() {
+            revocations.apply(&changes, started);
+        }
+        *last = Some(started);
+        Ok(())
+    }
+}
+
+/// Re-reads revocations every `every` while the verifier lives.
+async fn follow_revocations(verifier: Weak<Verifier>, every: Duration) {
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(verifier) = verifier.upgrade() else {
+            return;
+        };
+        match verifier.read(None).await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("revocations are read again");
+            }
+            Ok(()) => {}
+            Err(err) if !failing => {
+                failing = true;
+                tracing::warn!(
+                    "could not read revocations; bearer tokens wait for the store: {err}"
+                );
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 pub struct Access {
     pub(crate) store: Arc<dyn IdentityStore>,
-    keys: KeySet,
+    verifier: Arc<Verifier>,
     settings: AccessSettings,
     pub(crate) password_pool: Semaphore,
     verified: Mutex<HashMap<[u8; 32], i64>>,
@@ -253,7 +446,8 @@ pub struct TokenGrant {
 }
 
 impl Access {
-    /// Loads (or, on the very first start, creates) the token-signing keys.
+    /// Loads (or, on the very first start, creates) the token-signing keys, reads the
+    /// revocations, and starts re-reading them every `revocation_refresh`.
     pub async fn open(
         store: Arc<dyn IdentityStore>,
         settings: AccessSettings,
@@ -267,51 +461,92 @@ impl Access {
                         kid: key.kid().to_owned(),
                         pem: pem.0.clone(),
                         created_at: now(),
+                        retired_at: None,
                     })
                     .await?;
                 Some(key.kid().to_owned())
             }
             None => None,
         };
+        // Revocations first: the keys read after them are at least as new.
+        let started = Instant::now();
+        let changes = store.revocations_since(0).await?;
         let mut records = store.signing_keys().await?;
-        if records.is_empty() {
+        if records.iter().all(|record| record.retired_at.is_some()) {
             let (key, pem) =
                 SigningKey::generate().map_err(|err| Error::Internal(err.to_string()))?;
-            store
-                .add_first_signing_key(&SigningKeyRecord {
-                    kid: key.kid().to_owned(),
-                    pem,
-                    created_at: now(),
-                })
-                .await?;
+            let record = SigningKeyRecord {
+                kid: key.kid().to_owned(),
+                pem,
+                created_at: now(),
+                retired_at: None,
+            };
+            if records.is_empty() {
+                store.add_first_signing_key(&record).await?;
+            } else {
+                store.add_signing_key(&record).await?;
+            }
             records = store.signing_keys().await?;
         }
-        // The configured key, else the newest, signs; every key verifies.
         if let Some(kid) = &configured {
-            if let Some(position) = records.iter().position(|r| &r.kid == kid) {
-                let chosen = records.remove(position);
-                records.push(chosen);
+            if records
+                .iter()
+                .any(|record| &record.kid == kid && record.retired_at.is_some())
+            {
+                tracing::warn!(kid = %kid, "the configured signing key {kid} is retired; the newest key in use signs");
             }
         }
-        let keys = records
-            .iter()
-            .rev()
-            .map(|record| {
-                SigningKey::from_pem(&record.pem)
-                    .map_err(|err| Error::Internal(format!("signing key {}: {err}", record.kid)))
+        let keys = key_set(
+            &records,
+            configured.as_deref(),
+            &settings.issuer,
+            &settings.service,
+        )?
+        .ok_or_else(|| Error::Internal("every signing key is retired".into()))?;
+        let mut revocations = Revocations::new(settings.revocation_max_age);
+        let changes: Vec<Revocation> = changes
+            .into_iter()
+            .map(|change| Revocation {
+                subject: change.subject,
+                epoch: change.epoch,
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        let keys = KeySet::new(keys, settings.issuer.clone(), settings.service.clone())
-            .map_err(|err| Error::Internal(err.to_string()))?;
+            .collect();
+        revocations.apply(&changes, started);
+        let verifier = Arc::new(Verifier {
+            store: store.clone(),
+            keys: RwLock::new(Arc::new(keys)),
+            revocations: RwLock::new(revocations),
+            reading: tokio::sync::Mutex::new(Some(started)),
+            configured,
+            issuer: settings.issuer.clone(),
+            service: settings.service.clone(),
+        });
+        tokio::spawn(follow_revocations(
+            Arc::downgrade(&verifier),
+            settings.revocation_refresh,
+        ));
         Ok(Access {
             store,
-            keys,
+            verifier,
             settings,
             password_pool: Semaphore::new(2),
             verified: Mutex::new(HashMap::new()),
             throttle: Mutex::new(Throttle::default()),
             accounts_ready: tokio::sync::watch::channel(true).1,
         })
+    }
+
+    /// Reads the revocations (and changed keys) now, after a change made here: this
+    /// replica need not wait for its next read. A failure is logged; the next read catches up.
+    pub(crate) async fn follow_change(&self) {
+        if let Err(err) = self.verifier.read(None).await {
+            tracing::warn!("could not read revocations after a change: {err}");
+        }
+    }
+
+    /// The id of the key that signs here.
+    pub fn signing_kid(&self) -> String {
+        self.verifier.keys().signing_kid().to_owned()
     }
 
     /// Makes credential checks wait until `ready` turns true (the first start's admin account
@@ -335,7 +570,7 @@ impl Access {
     }
 
     pub fn jwks(&self) -> serde_json::Value {
-        self.keys.jwks()
+        self.verifier.keys().jwks()
     }
 
     /// Records an audit event; a failure to record is logged, never fatal to the request.
@@ -458,12 +693,12 @@ impl Access {
                 Some(SecretOwner::Robot(robot))
                     if robot.name == username && !robot.revoked && robot.expires_at > time =>
                 {
-                    Checked::Valid(Authenticated {
-                        principal: robot_principal(&robot),
-                        credential: Credential::RobotSecret {
+                    Checked::Valid(Authenticated::new(
+                        robot_principal(&robot),
+                        Credential::RobotSecret {
                             fingerprint: fingerprint(&hash),
                         },
-                    })
+                    ))
                 }
                 Some(SecretOwner::AccessToken { token, user })
                     if user.name == username
@@ -471,10 +706,10 @@ impl Access {
                         && !token.revoked
                         && token.expires_at.is_none_or(|expiry| expiry > time) =>
                 {
-                    Checked::Valid(Authenticated {
-                        principal: user_principal(&user),
-                        credential: Credential::AccessToken { id: token.id },
-                    })
+                    Checked::Valid(Authenticated::new(
+                        user_principal(&user),
+                        Credential::AccessToken { id: token.id },
+                    ))
                 }
                 _ => Checked::Invalid,
             });
@@ -536,12 +771,12 @@ impl Access {
         };
         // A disabled account fails like a wrong password, so logins do not reveal it.
         Ok(match user {
-            Some(user) if valid && !user.disabled => Checked::Valid(Authenticated {
-                principal: user_principal(&user),
-                credential: Credential::Password {
+            Some(user) if valid && !user.disabled => Checked::Valid(Authenticated::new(
+                user_principal(&user),
+                Credential::Password {
                     fingerprint: fingerprint(&user.password_hash),
                 },
-            }),
+            )),
             _ => Checked::Invalid,
         })
     }
@@ -615,14 +850,30 @@ impl Access {
         }))
     }
 
-    /// Verifies a registry token; with `allow_expired`, an expired but otherwise valid token
-    /// passes (for upload sessions that outlive their token).
-    pub fn verify(&self, token: &str, allow_expired: bool) -> Result<Claims, TokenError> {
-        if allow_expired {
-            self.keys.verify_allowing_expiry(token, now())
-        } else {
-            self.keys.verify(token, false, now())
+    /// Verifies a registry token, and that it was not revoked; with `allow_expired`, an
+    /// expired but otherwise valid token passes (for upload sessions that outlive their
+    /// token). No read of the store, except when the revocations are older than
+    /// `revocation_max_age` (then `Unconfirmed` if the store cannot answer) or the token's key
+    /// is unknown here (a key another replica just added).
+    pub async fn verify(&self, token: &str, allow_expired: bool) -> Result<Claims, TokenError> {
+        let requested = Instant::now();
+        match self.verifier.check(token, allow_expired) {
+            Err(TokenError::Unconfirmed) => {
+                if let Err(err) = self.verifier.read(Some(requested)).await {
+                    tracing::warn!("could not read revocations to confirm a token: {err}");
+                    return Err(TokenError::Unconfirmed);
+                }
+            }
+            Err(TokenError::UnknownKey) => {
+                let reread_after = requested.checked_sub(UNKNOWN_KEY_REREAD);
+                if let Err(err) = self.verifier.read(reread_after).await {
+                    tracing::warn!("could not read signing keys: {err}");
+                    return Err(TokenError::UnknownKey);
+                }
+            }
+            decided => return decided,
         }
+        self.verifier.check(token, allow_expired)
     }
 
     /// Whether a verified token's lifetime is over (only upload sessions accept such a token,
@@ -638,6 +889,44 @@ impl Access {
         &self,
         principal: &Principal,
         credential: Option<&Credential>,
+        scopes: &[Scope],
+        offline: bool,
+    ) -> Result<TokenGrant, Error> {
+        self.issue_exchanged(principal, credential, None, scopes, offline)
+            .await
+    }
+
+    /// `issue` to who authenticated (`None`: anonymous), which may be the holder of a refresh
+    /// token: revoking it ends the access token, and a new refresh token keeps its id.
+    pub async fn issue_to(
+        &self,
+        who: Option<&Authenticated>,
+        scopes: &[Scope],
+        offline: bool,
+    ) -> Result<TokenGrant, Error> {
+        match who {
+            Some(who) => {
+                self.issue_exchanged(
+                    &who.principal,
+                    Some(&who.credential),
+                    who.refresh_token.as_deref(),
+                    scopes,
+                    offline,
+                )
+                .await
+            }
+            None => {
+                self.issue_exchanged(&Principal::Anonymous, None, None, scopes, offline)
+                    .await
+            }
+        }
+    }
+
+    async fn issue_exchanged(
+        &self,
+        principal: &Principal,
+        credential: Option<&Credential>,
+        refresh_token: Option<&str>,
         scopes: &[Scope],
         offline: bool,
     ) -> Result<TokenGrant, Error> {
@@ -686,16 +975,31 @@ impl Access {
                 }
             }
         }
+        // The epoch read after the principal was checked: every revocation this token must
+        // survive is at or below it. A change this replica has not read yet is read first,
+        // so the token is signed by the key in use now.
+        let epoch = self.store.revocation_epoch().await?;
+        if epoch > self.verifier.seen() {
+            self.verifier.read(None).await?;
+        }
+        let keys = self.verifier.keys();
+        let mut credentials = Vec::new();
+        if let Some(Credential::AccessToken { id }) = credential {
+            credentials.push(format!("token:{id}"));
+        }
+        if let Some(id) = refresh_token {
+            credentials.push(format!("refresh:{id}"));
+        }
         let time = now();
         let subject = principal.label();
         let lifetime = i64::try_from(self.settings.token_lifetime.as_secs()).unwrap_or(300);
-        let access = self
-            .keys
-            .issue(
+        let access = keys
+            .issue_revocable(
                 &subject,
                 granted.clone(),
                 credential.map(Credential::kind),
                 false,
+                Some(Revocable { epoch, credentials }),
                 lifetime,
                 time,
                 uuid::Uuid::new_v4().simple().to_string(),
@@ -705,15 +1009,33 @@ impl Access {
         let refresh = if let Some(credential) = bound {
             let lifetime =
                 i64::try_from(self.settings.refresh_lifetime.as_secs()).unwrap_or(86_400);
+            // Exchanging a refresh token hands out the same one (by id) with a new lifetime,
+            // so a login is one entry in its owner's list, however often it was refreshed.
+            let id = match refresh_token {
+                Some(id) => {
+                    self.store
+                        .use_refresh_token(id, time, Some(time + lifetime))
+                        .await?;
+                    id.to_owned()
+                }
+                None => {
+                    let id = uuid::Uuid::new_v4().simple().to_string();
+                    self.store
+                        .create_refresh_token(&RefreshTokenRecord {
+                            id: id.clone(),
+                            subject: subject.clone(),
+                            credential: credential.kind().as_str().to_owned(),
+                            created_at: time,
+                            expires_at: time + lifetime,
+                            last_used_at: None,
+                            revoked: false,
+                        })
+                        .await?;
+                    id
+                }
+            };
             Some(
-                self.keys
-                    .issue_refresh(
-                        &subject,
-                        Some(credential.binding()),
-                        lifetime,
-                        time,
-                        uuid::Uuid::new_v4().simple().to_string(),
-                    )
+                keys.issue_refresh(&subject, Some(credential.binding()), lifetime, time, id)
                     .map_err(|err| Error::Internal(err.to_string()))?,
             )
         } else {
@@ -730,9 +1052,16 @@ impl Access {
     /// credential the token is bound to (which a new refresh token carries forward).
     pub async fn refresh(&self, token: &str) -> Result<Authenticated, AuthError> {
         let claims = self
-            .keys
+            .verifier
+            .keys()
             .verify(token, true, now())
             .map_err(AuthError::BadToken)?;
+        // Listed and revocable: one without a record, or of another subject, is refused.
+        match self.store.use_refresh_token(&claims.jti, now(), None).await {
+            Ok(Some(record)) if !record.revoked && record.subject == claims.sub => {}
+            Ok(_) => return Err(AuthError::BadCredentials),
+            Err(err) => return Err(AuthError::from_backend(err.into())),
+        }
         // A binding of another shape (or none) is refused: such tokens predate bindings that
         // name their credential, and nothing could be re-checked for them.
         let credential = claims
@@ -762,6 +1091,7 @@ impl Access {
         Ok(Authenticated {
             principal,
             credential,
+            refresh_token: Some(claims.jti),
         })
     }
 

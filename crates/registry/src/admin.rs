@@ -1,5 +1,6 @@
-//! Administration use cases behind `/api/v1`: users and their personal access tokens,
-//! projects and their members, robot accounts, the authorization dry run, and the audit log.
+//! Administration use cases behind `/api/v1`: users and their personal access and refresh
+//! tokens, projects and their members, robot accounts, token-signing keys, the authorization
+//! dry run, and the audit log.
 //!
 //! Every method takes the acting principal first, decides whether it may act, and only then
 //! validates input and touches the store.
@@ -18,14 +19,19 @@
 //!   password) needs a caller who proved itself with the account's password: a leaked access
 //!   token, or a registry token obtained with one, must not outlive its own revocation.
 //! - Passwords are hashed and verified on the blocking pool, never on the executor.
+//! - A change that went through is followed by a read of the revocations, so what it revoked
+//!   stops here at once (other replicas within their `revocation_refresh`).
+//! - The key that signs is never retired alone: a new key replaces it in the same
+//!   transaction, so there is always a key to sign with.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use auth::policy::{Action, Decision, Grant, Principal, ProjectPolicy, Role, Rule};
-use auth::token::CredentialKind;
+use auth::token::{CredentialKind, SigningKey, TokenError};
 use metadata::identity::{
-    AccessTokenRecord, AuditFilter, ProjectRecord, RobotRecord, UserRecord, UserUpdate,
+    AccessTokenRecord, AuditFilter, ProjectRecord, RefreshTokenRecord, RobotRecord,
+    SigningKeyRecord, UserRecord, UserUpdate,
 };
 use metadata::Timestamp;
 use oci::RepositoryName;
@@ -322,6 +328,67 @@ pub struct NewToken {
 pub struct IssuedAccessToken {
     pub token: TokenView,
     pub secret: Secret,
+}
+
+/// A refresh token as its owner and admins see it (never the token itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshTokenView {
+    pub id: String,
+    /// The kind of credential it was obtained with: `password`, `token`, `robot`.
+    pub credential: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub last_used_at: Option<Timestamp>,
+    pub revoked: bool,
+}
+
+impl From<RefreshTokenRecord> for RefreshTokenView {
+    fn from(record: RefreshTokenRecord) -> Self {
+        RefreshTokenView {
+            id: record.id,
+            credential: record.credential,
+            created_at: record.created_at,
+            expires_at: record.expires_at,
+            last_used_at: record.last_used_at,
+            revoked: record.revoked,
+        }
+    }
+}
+
+/// What a signing key is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    /// It signs new tokens here (and verifies).
+    Signing,
+    /// It verifies tokens it signed.
+    Verifying,
+    /// It neither signs nor verifies.
+    Retired,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Signing => "signing",
+            KeyState::Verifying => "verifying",
+            KeyState::Retired => "retired",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKeyView {
+    pub kid: String,
+    pub state: KeyState,
+    pub created_at: Timestamp,
+    pub retired_at: Option<Timestamp>,
+}
+
+/// What retiring a key did: the key that signs now, a new one when the retired key signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetiredKey {
+    pub retired: String,
+    pub signing: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -638,7 +705,10 @@ impl Access {
         &self,
         token: &str,
     ) -> Result<(Principal, Option<CredentialKind>), AuthError> {
-        let claims = self.verify(token, false).map_err(AuthError::BadToken)?;
+        let claims = self.verify(token, false).await.map_err(|err| match err {
+            TokenError::Unconfirmed => AuthError::Unavailable(err.to_string()),
+            other => AuthError::BadToken(other),
+        })?;
         let principal = match self.principal(&claims.sub).await {
             Ok(Some(principal)) => principal,
             Ok(None) => return Err(AuthError::BadCredentials),
@@ -1026,6 +1096,160 @@ impl Access {
         };
         self.finish(&acting.change("token.revoke", &target), outcome)
             .await
+    }
+
+    // ---- refresh tokens ----
+
+    /// A user's refresh tokens, to themselves or an admin, oldest first.
+    pub async fn refresh_tokens(
+        &self,
+        actor: &Principal,
+        user: &str,
+        page: &PageRequest,
+        client: Option<IpAddr>,
+    ) -> Result<Listing<RefreshTokenView>, Error> {
+        let acting = self
+            .acting(actor, "refresh_token.list", user, client)
+            .await?;
+        if !acting.admin && acting.name != user {
+            return Err(acting
+                .deny(
+                    self,
+                    "refresh_token.list",
+                    user,
+                    "only admins may look at other users' refresh tokens",
+                )
+                .await);
+        }
+        if self.store.user(user).await?.is_none() {
+            return Err(Error::NotFound(format!("user {user}")));
+        }
+        let tokens = self
+            .store
+            .list_refresh_tokens(&format!("user:{user}"))
+            .await?
+            .into_iter()
+            .map(RefreshTokenView::from)
+            .collect();
+        Ok(Listing::from_sorted(
+            tokens,
+            page,
+            |token: &RefreshTokenView| format!("{:020}.{}", token.created_at.max(0), token.id),
+        ))
+    }
+
+    /// Revokes one refresh token at once, by its owner or an admin: it cannot be exchanged
+    /// again, and the access tokens it gave stop working.
+    pub async fn revoke_refresh_token(
+        &self,
+        actor: &Principal,
+        user: &str,
+        id: &str,
+        client: Option<IpAddr>,
+    ) -> Result<(), Error> {
+        let target = format!("{user}:{id}");
+        let acting = self
+            .acting(actor, "refresh_token.revoke", &target, client)
+            .await?;
+        if !acting.admin && acting.name != user {
+            return Err(acting
+                .deny(
+                    self,
+                    "refresh_token.revoke",
+                    &target,
+                    "only admins may revoke other users' refresh tokens",
+                )
+                .await);
+        }
+        let outcome = match self
+            .store
+            .revoke_refresh_token(&format!("user:{user}"), id)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::NotFound(format!(
+                "refresh token {id} of user {user}"
+            ))),
+            Err(err) => Err(err.into()),
+        };
+        self.finish(&acting.change("refresh_token.revoke", &target), outcome)
+            .await
+    }
+
+    // ---- token-signing keys ----
+
+    /// Every signing key with its state, oldest first; for admins.
+    pub async fn signing_keys(
+        &self,
+        actor: &Principal,
+        client: Option<IpAddr>,
+    ) -> Result<Vec<SigningKeyView>, Error> {
+        self.admin(actor, "key.list", "keys", client).await?;
+        let signing = self.signing_kid();
+        Ok(self
+            .store
+            .signing_keys()
+            .await?
+            .into_iter()
+            .map(|record| SigningKeyView {
+                state: match record.retired_at {
+                    Some(_) => KeyState::Retired,
+                    None if record.kid == signing => KeyState::Signing,
+                    None => KeyState::Verifying,
+                },
+                kid: record.kid,
+                created_at: record.created_at,
+                retired_at: record.retired_at,
+            })
+            .collect())
+    }
+
+    /// Retires a key at once: its tokens stop verifying on every replica. The key that signs
+    /// (or the last key in use) is replaced by a new key in the same transaction, which signs
+    /// from then on. For admins.
+    pub async fn retire_signing_key(
+        &self,
+        actor: &Principal,
+        kid: &str,
+        client: Option<IpAddr>,
+    ) -> Result<RetiredKey, Error> {
+        let acting = self.admin(actor, "key.retire", kid, client).await?;
+        let records = self.store.signing_keys().await?;
+        let in_use: Vec<&SigningKeyRecord> = records
+            .iter()
+            .filter(|record| record.retired_at.is_none())
+            .collect();
+        let change = acting.change("key.retire", kid);
+        if !in_use.iter().any(|record| record.kid == kid) {
+            let refusal = Err(Error::NotFound(format!("signing key {kid} in use")));
+            return self.finish(&change, refusal).await;
+        }
+        let time = now();
+        let replacement = if kid == self.signing_kid() || in_use.len() == 1 {
+            let (key, pem) = SigningKey::generate().map_err(internal)?;
+            Some(SigningKeyRecord {
+                kid: key.kid().to_owned(),
+                pem,
+                created_at: time,
+                retired_at: None,
+            })
+        } else {
+            None
+        };
+        let outcome = match self
+            .store
+            .retire_signing_key(kid, time, replacement.as_ref())
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::NotFound(format!("signing key {kid} in use"))),
+            Err(err) => Err(err.into()),
+        };
+        self.finish(&change, outcome).await?;
+        Ok(RetiredKey {
+            retired: kid.to_owned(),
+            signing: self.signing_kid(),
+        })
     }
 
     // ---- projects and members ----
@@ -1577,6 +1801,9 @@ impl Access {
             acting.client,
         )
         .await;
+        if outcome.is_ok() {
+            self.follow_change().await;
+        }
         outcome
     }
 

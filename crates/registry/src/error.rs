@@ -11,6 +11,9 @@ pub enum Error {
     UploadUnknown(String),
     #[error("upload is invalid: {0}")]
     UploadInvalid(String),
+    /// The principal or the repository holds as many open upload sessions as allowed.
+    #[error("too many open upload sessions; finish or cancel some, or wait for them to expire")]
+    TooManyUploads,
     /// A chunk did not start where the upload stands.
     #[error("chunk starts at byte {got}, but the upload stands at byte {offset}")]
     UploadOutOfOrder { offset: u64, got: u64 },

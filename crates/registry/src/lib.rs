@@ -11,7 +11,8 @@
 pub mod access;
 pub mod admin;
 mod error;
-mod throttle;
+pub mod rate;
+pub mod throttle;
 mod uploads;
 
 use std::sync::Arc;
@@ -37,6 +38,17 @@ pub struct Limits {
     /// Blob `GET`s answer 307 to a presigned URL valid this long, when the store signs URLs;
     /// `None`: blobs stream through the registry.
     pub blob_redirect: Option<Duration>,
+    /// Bytes of a request's header names and values (431 beyond).
+    pub max_header_bytes: usize,
+    /// Bytes of a request's target, path and query (414 beyond).
+    pub max_uri_bytes: usize,
+    /// How long a request body may send nothing before its request fails.
+    pub body_idle_timeout: Duration,
+    /// Token requests per second per client network (`rate`); 0: unlimited.
+    pub token_requests_per_second: u32,
+    /// Open upload sessions per principal and per repository; starting more is refused.
+    pub max_uploads_per_principal: u32,
+    pub max_uploads_per_repository: u32,
 }
 
 impl Default for Limits {
@@ -45,6 +57,12 @@ impl Default for Limits {
             max_manifest_bytes: 4 * 1024 * 1024,
             upload_expiry: Duration::from_secs(24 * 3600),
             blob_redirect: None,
+            max_header_bytes: 64 * 1024,
+            max_uri_bytes: 8 * 1024,
+            body_idle_timeout: Duration::from_secs(60),
+            token_requests_per_second: 20,
+            max_uploads_per_principal: 1024,
+            max_uploads_per_repository: 4096,
         }
     }
 }

@@ -179,7 +179,7 @@ impl Throttle {
 }
 
 /// The network a client address stands for: an IPv4 address, or an IPv6 /64.
-fn network(client: IpAddr) -> String {
+pub fn network(client: IpAddr) -> String {
     match client {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

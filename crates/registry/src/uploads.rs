@@ -38,7 +38,7 @@ use std::time::Duration;
 use blobstore::UploadState;
 use bytes::Bytes;
 use futures_util::Stream;
-use metadata::{UploadId, UploadRecord};
+use metadata::{UploadId, UploadLimits, UploadRecord};
 use oci::{Algorithm, ByteRange, Digest, RepositoryName};
 
 use crate::{now, Error, Registry};
@@ -130,7 +130,13 @@ impl Registry {
             created_at: time,
             updated_at: time,
         };
-        self.metadata.create_upload(&record).await?;
+        let limits = UploadLimits {
+            per_principal: self.limits.max_uploads_per_principal,
+            per_repository: self.limits.max_uploads_per_repository,
+        };
+        if !self.metadata.create_upload(&record, limits).await? {
+            return Err(Error::TooManyUploads);
+        }
         Ok(UploadStart::Session(UploadStatus {
             id: record.id,
             offset: 0,

@@ -1,4 +1,5 @@
-//! `bulwark login`, `user`, `project`, `member`, `robot`, `token`, `audit`, `whoami`: a client
+//! `bulwark login`, `user`, `project`, `member`, `robot`, `token`, `refresh-token`, `key`,
+//! `audit`, `whoami`: a client
 //! of the admin REST API (`/api/v1`) and the token service (`/auth/token`) of a running
 //! registry.
 //!
@@ -69,6 +70,21 @@ pub enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Your refresh tokens (logins like this CLI's, docker's offline tokens): list them and
+    /// revoke one at a time.
+    RefreshToken {
+        #[command(subcommand)]
+        command: RefreshTokenCommand,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// The keys that sign registry tokens: list them, retire one (admins only).
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
         #[command(flatten)]
         output: Output,
     },
@@ -307,6 +323,32 @@ pub enum TokenCommand {
         #[arg(long)]
         user: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum RefreshTokenCommand {
+    /// List your refresh tokens (admins: anyone's, with --user).
+    List {
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revoke a refresh token at once: it cannot be exchanged again, and the registry tokens
+    /// it gave stop working.
+    Revoke {
+        id: String,
+        /// Whose token it is (admins); yours by default.
+        #[arg(long)]
+        user: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeyCommand {
+    /// List the token-signing keys with their state: signing, verifying or retired.
+    List,
+    /// Retire a key at once: tokens it signed stop working on every replica. Retiring the key
+    /// that signs puts a new key in its place.
+    Retire { kid: String },
 }
 
 #[derive(Args)]

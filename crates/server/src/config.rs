@@ -85,6 +85,10 @@ pub struct AzureConfig {
     pub account: Option<String>,
     pub container: Option<String>,
     pub access_key: Option<SecretString>,
+    /// The account's blob endpoint (Azure Stack, a sovereign cloud, an emulator); unset means
+    /// `https://<account>.blob.core.windows.net`.
+    pub endpoint: Option<String>,
+    pub allow_http: bool,
 }
 
 impl Default for StorageConfig {
@@ -152,6 +156,8 @@ impl StorageConfig {
                         .access_key
                         .as_ref()
                         .map(|s| s.expose().to_owned()),
+                    endpoint: self.azure.endpoint.clone(),
+                    allow_http: self.azure.allow_http,
                 })
             }
         };
@@ -228,6 +234,13 @@ pub struct AuthConfig {
     pub admin_user: String,
     /// A P-256 private key (PKCS#8 PEM) that signs tokens; without one, a key is generated.
     pub signing_key: Option<PathBuf>,
+    /// How often each replica reads the revocations (and signing-key changes) any replica
+    /// recorded.
+    pub revocation_refresh: HumanDuration,
+    /// Revocations read longer ago than this are read again before a token is honoured (a
+    /// 503 while the store cannot answer): the most a revocation takes to stop a token on
+    /// every replica. Longer than `revocation_refresh`.
+    pub revocation_max_age: HumanDuration,
 }
 
 impl Default for AuthConfig {
@@ -239,6 +252,8 @@ impl Default for AuthConfig {
             basic_on_v2: true,
             admin_user: "admin".into(),
             signing_key: None,
+            revocation_refresh: HumanDuration(Duration::from_secs(2)),
+            revocation_max_age: HumanDuration(Duration::from_secs(5)),
         }
     }
 }
@@ -256,6 +271,29 @@ pub struct TlsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     pub max_manifest_bytes: usize,
+    /// Open client connections, in all; more are closed as they arrive.
+    pub max_connections: usize,
+    /// Open connections from one client address (an IPv6 /64 counts as one); trusted proxies
+    /// are exempt, their clients are counted per request elsewhere.
+    pub max_connections_per_client: usize,
+    /// Header fields in one request (HTTP/1.1; HTTP/2 is bounded by `max_header_bytes`).
+    pub max_header_count: usize,
+    /// Bytes of header names and values in one request: 431 beyond.
+    pub max_header_bytes: usize,
+    /// Bytes of a request's target (path and query): 414 beyond.
+    pub max_uri_bytes: usize,
+    /// How long a client may take to send a request's headers, and to start the next one on
+    /// an idle HTTP/1.1 connection.
+    pub header_timeout: HumanDuration,
+    /// How long a request body may send nothing before its request fails.
+    pub body_idle_timeout: HumanDuration,
+    /// Token requests per second from one client address (bursts of five seconds' worth);
+    /// more get 429 with Retry-After.
+    pub token_requests_per_second: u32,
+    /// Open upload sessions of one user or robot: 429 beyond, until some finish or expire.
+    pub max_uploads_per_principal: u32,
+    /// Open upload sessions in one repository: 429 beyond.
+    pub max_uploads_per_repository: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -323,6 +361,16 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_manifest_bytes: 4 * 1024 * 1024,
+            max_connections: 8192,
+            max_connections_per_client: 1024,
+            max_header_count: 100,
+            max_header_bytes: 64 * 1024,
+            max_uri_bytes: 8 * 1024,
+            header_timeout: HumanDuration(Duration::from_secs(30)),
+            body_idle_timeout: HumanDuration(Duration::from_secs(60)),
+            token_requests_per_second: 20,
+            max_uploads_per_principal: 1024,
+            max_uploads_per_repository: 4096,
         }
     }
 }
@@ -461,6 +509,9 @@ pub struct Overrides {
     /// A P-256 private key (PKCS#8 PEM) to sign tokens with; earlier keys keep verifying.
     #[arg(long, env = "BULWARK_SIGNING_KEY")]
     pub signing_key: Option<PathBuf>,
+    /// How often revocations recorded by any replica are read, e.g. 2s.
+    #[arg(long, env = "BULWARK_REVOCATION_REFRESH")]
+    pub revocation_refresh: Option<HumanDuration>,
     /// Keep metadata in this Postgres database (postgres://USER:PASSWORD@HOST:PORT/DB, with
     /// ?sslmode=verify-full&sslrootcert=CA.crt for TLS) instead of embedded SQLite.
     #[arg(long, env = "BULWARK_POSTGRES_URL", hide_env_values = true)]
@@ -543,6 +594,9 @@ impl Config {
         if let Some(v) = o.signing_key {
             config.auth.signing_key = Some(v);
         }
+        if let Some(v) = o.revocation_refresh {
+            config.auth.revocation_refresh = v;
+        }
         if let Some(v) = o.postgres_url {
             config.metadata.postgres_url = Some(v);
         }
@@ -594,6 +648,13 @@ impl Config {
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             anyhow::bail!("tls.cert and tls.key must be set together");
+        }
+        if self.auth.revocation_refresh.0.is_zero()
+            || self.auth.revocation_max_age.0 <= self.auth.revocation_refresh.0
+        {
+            anyhow::bail!(
+                "auth.revocation_refresh must be more than 0s and less than auth.revocation_max_age"
+            );
         }
         Ok(self)
     }
@@ -754,10 +815,16 @@ mod tests {
 
         let azure: Config = toml::from_str(
             "[storage]\nbackend = \"azure\"\n\
-             [storage.azure]\naccount = \"acct\"\ncontainer = \"blobs\"\naccess_key = \"a2V5\"\n",
+             [storage.azure]\naccount = \"acct\"\ncontainer = \"blobs\"\naccess_key = \"a2V5\"\n\
+             endpoint = \"http://azure.internal:10000/acct\"\nallow_http = true\n",
         )
         .expect("parse");
         let remote = azure.storage.remote().expect("valid").expect("remote");
+        assert!(matches!(
+            remote.backend,
+            blobstore::Backend::Azure(ref a)
+                if a.endpoint.as_deref() == Some("http://azure.internal:10000/acct") && a.allow_http
+        ));
         blobstore::BlobStore::remote(&remote).expect("an Azure store builds from config");
 
         let refusals = [

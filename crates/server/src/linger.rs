@@ -10,6 +10,7 @@
 //! then end of stream) and what the client still sends is discarded until it stops.
 //!
 //! Invariants:
+//! - A lingering connection keeps its place among the admitted connections (`admission`).
 //! - A lingering connection costs one small task and a 16 KiB buffer, and ends after
 //!   `LINGER_IDLE` without data, `LINGER_TOTAL` in all, at end of stream or on any error.
 //! - Nothing read while lingering is interpreted.
@@ -22,21 +23,42 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::admission::Admitted;
+
 /// How long a lingering connection waits for more of what the client sends.
 const LINGER_IDLE: Duration = Duration::from_secs(2);
 /// The most time spent discarding one connection's bytes.
 const LINGER_TOTAL: Duration = Duration::from_secs(30);
 
-/// A TCP connection that lingers when dropped (see the module documentation).
-pub struct Lingering(Option<TcpStream>);
+/// A TCP connection that lingers when dropped (see the module documentation), holding its
+/// place among the admitted connections until it is closed.
+pub struct Lingering {
+    stream: Option<TcpStream>,
+    admitted: Option<Admitted>,
+}
 
 impl Lingering {
-    pub fn new(stream: TcpStream) -> Lingering {
-        Lingering(Some(stream))
+    pub fn new(stream: TcpStream, admitted: Admitted) -> Lingering {
+        Lingering {
+            stream: Some(stream),
+            admitted: Some(admitted),
+        }
+    }
+
+    /// Sends small writes at once (answers are written whole; no Nagle delay).
+    pub fn set_nodelay(&self) {
+        if let Some(stream) = &self.stream {
+            let _ = stream.set_nodelay(true);
+        }
+    }
+
+    /// Reads the next bytes without consuming them.
+    pub async fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream()?.get_mut().peek(buf).await
     }
 
     fn stream(&mut self) -> io::Result<Pin<&mut TcpStream>> {
-        self.0
+        self.stream
             .as_mut()
             .map(Pin::new)
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
@@ -46,14 +68,15 @@ impl Lingering {
 impl Drop for Lingering {
     fn drop(&mut self) {
         // Outside a runtime (it is shutting down) there is no one left to answer: just close.
-        if let (Some(stream), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current())
+        if let (Some(stream), Ok(runtime)) =
+            (self.stream.take(), tokio::runtime::Handle::try_current())
         {
-            runtime.spawn(linger(stream));
+            runtime.spawn(linger(stream, self.admitted.take()));
         }
     }
 }
 
-async fn linger(mut stream: TcpStream) {
+async fn linger(mut stream: TcpStream, _admitted: Option<Admitted>) {
     // Shutting down twice is harmless: TLS usually shut it after its close_notify.
     let _ = stream.shutdown().await;
     let deadline = tokio::time::Instant::now() + LINGER_TOTAL;
@@ -104,7 +127,7 @@ impl AsyncWrite for Lingering {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0
+        self.stream
             .as_ref()
             .is_some_and(|stream| stream.is_write_vectored())
     }
@@ -136,8 +159,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
         let server = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await?;
-            let mut stream = Lingering::new(stream);
+            let (stream, peer) = listener.accept().await?;
+            let admitted = crate::admission::Admission::new(1, 1)
+                .admit(peer.ip(), false)
+                .map_err(|refusal| io::Error::other(format!("{refusal:?}")))?;
+            let mut stream = Lingering::new(stream, admitted);
             let mut head = [0u8; 1024];
             stream.read_exact(&mut head).await?;
             stream

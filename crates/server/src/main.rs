@@ -7,6 +7,7 @@
 //! login`, `user`, `project`, `member`, `robot`, `token`, `audit` and `whoami` manage a running
 //! registry over its REST API (`cli`).
 
+mod admission;
 mod cli;
 mod config;
 mod import;

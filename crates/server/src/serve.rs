@@ -29,9 +29,10 @@ use metadata::MetadataStore;
 use registry::access::{Access, AccessSettings, PrivatePem};
 use registry::{Limits, Registry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::admission::Admission;
 use crate::config::{Config, LogConfig, LogFormat};
 use crate::linger::Lingering;
 use crate::tls;
@@ -39,7 +40,6 @@ use crate::tls;
 /// A client that neither sends a TLS hello nor finishes its handshake in time is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const HTTP2_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 const HTTP2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 
@@ -74,6 +74,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_manifest_bytes: config.limits.max_manifest_bytes,
         upload_expiry: config.uploads.expiry.0,
         blob_redirect: (!redirect.is_zero()).then_some(redirect),
+        max_header_bytes: config.limits.max_header_bytes,
+        max_uri_bytes: config.limits.max_uri_bytes,
+        body_idle_timeout: config.limits.body_idle_timeout.0,
+        token_requests_per_second: config.limits.token_requests_per_second,
+        max_uploads_per_principal: config.limits.max_uploads_per_principal,
+        max_uploads_per_repository: config.limits.max_uploads_per_repository,
     };
     let bootstrap = bootstrap_admin(identity.clone(), data_dir, &config.auth.admin_user).await?;
     let settings = AccessSettings {
@@ -82,6 +88,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         token_lifetime: config.auth.token_lifetime.0,
         refresh_lifetime: config.auth.refresh_lifetime.0,
         basic_on_v2: config.auth.basic_on_v2,
+        revocation_refresh: config.auth.revocation_refresh.0,
+        revocation_max_age: config.auth.revocation_max_age.0,
         signing_key: match &config.auth.signing_key {
             Some(path) => Some(PrivatePem(
                 std::fs::read_to_string(path)
@@ -137,6 +145,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let proxies = Arc::new(config.proxies()?);
+    let admission = Admission::new(
+        config.limits.max_connections,
+        config.limits.max_connections_per_client,
+    );
+    let http = Arc::new(HttpLimits {
+        header_timeout: config.limits.header_timeout.0,
+        max_header_count: config.limits.max_header_count,
+        max_header_bytes: u32::try_from(config.limits.max_header_bytes).unwrap_or(u32::MAX),
+    });
     spawn_upload_expiry(registry.clone());
     let app = api::router(registry, access);
     tracing::info!(address = %address, "listening on https://{address}");
@@ -159,12 +176,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                         continue;
                     }
                 };
+                let admitted = match admission.admit(peer.ip(), proxies.trusts(peer.ip())) {
+                    Ok(admitted) => admitted,
+                    Err(refusal) => {
+                        tracing::debug!(peer = %peer, "closed a connection over the limit: {refusal:?}");
+                        continue;
+                    }
+                };
                 let acceptor = acceptor.clone();
                 let app = app.clone();
                 let proxies = proxies.clone();
+                let http = http.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    if let Err(err) = serve_connection(stream, peer, acceptor, app, proxies, watcher).await {
+                    let stream = Lingering::new(stream, admitted);
+                    if let Err(err) = serve_connection(stream, peer, acceptor, app, proxies, &http, watcher).await {
                         tracing::debug!(peer = %peer, "connection ended: {err:#}");
                     }
                 });
@@ -199,15 +225,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     failure.map_or(Ok(()), Err)
 }
 
+/// What bounds one connection's requests (`limits` in the configuration).
+struct HttpLimits {
+    header_timeout: Duration,
+    max_header_count: usize,
+    max_header_bytes: u32,
+}
+
 async fn serve_connection(
-    stream: TcpStream,
+    mut stream: Lingering,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     app: axum::Router,
     proxies: Arc<TrustedProxies>,
+    http: &HttpLimits,
     watcher: hyper_util::server::graceful::Watcher,
 ) -> anyhow::Result<()> {
-    let _ = stream.set_nodelay(true);
+    stream.set_nodelay();
     let mut first = [0u8; 1];
     let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first))
         .await
@@ -218,9 +252,6 @@ async fn serve_connection(
     if first[0] != TLS_HANDSHAKE_RECORD {
         return refuse_plaintext(stream, peer).await;
     }
-    // However the connection ends, what the client still sends is read before it closes, so
-    // an answer given before a body was read reaches the client.
-    let stream = Lingering::new(stream);
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
         .await
         .context("TLS handshake timed out")??;
@@ -238,13 +269,15 @@ async fn serve_connection(
         .http2()
         .timer(TokioTimer::new())
         .initial_stream_window_size(HTTP2_STREAM_WINDOW)
-        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW);
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+        .max_header_list_size(http.max_header_bytes);
     // A client that never finishes its request headers must not hold a connection (or a
     // shutdown) forever.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(http.header_timeout)
+        .max_headers(http.max_header_count);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     watcher
         .watch(connection.into_owned())
@@ -253,7 +286,7 @@ async fn serve_connection(
 }
 
 /// Answers a plaintext HTTP request with a 400 that explains what to do.
-async fn refuse_plaintext(mut stream: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
+async fn refuse_plaintext(mut stream: Lingering, peer: SocketAddr) -> anyhow::Result<()> {
     tracing::info!(peer = %peer, "refused a plaintext HTTP request: this port speaks HTTPS only");
     // Read what the client sent, so closing does not reset the connection under our answer.
     let mut discard = [0u8; 8192];

@@ -222,6 +222,59 @@ pub async fn revoke_token(
     no_content()
 }
 
+// ---- refresh tokens ----
+
+pub async fn list_refresh_tokens(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(user): Path<String>,
+    Page(page): Page,
+) -> Answer {
+    ok(&wire::page(
+        &state
+            .access
+            .refresh_tokens(&caller.principal, &user, &page, caller.client)
+            .await?,
+        wire::refresh_token,
+    ))
+}
+
+pub async fn revoke_refresh_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((user, id)): Path<(String, String)>,
+) -> Answer {
+    state
+        .access
+        .revoke_refresh_token(&caller.principal, &user, &id, caller.client)
+        .await?;
+    no_content()
+}
+
+// ---- signing keys ----
+
+pub async fn list_signing_keys(State(state): State<AppState>, caller: Caller) -> Answer {
+    ok(&wire::signing_keys(
+        &state
+            .access
+            .signing_keys(&caller.principal, caller.client)
+            .await?,
+    ))
+}
+
+pub async fn retire_signing_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(kid): Path<String>,
+) -> Answer {
+    ok(&wire::retired_key(
+        &state
+            .access
+            .retire_signing_key(&caller.principal, &kid, caller.client)
+            .await?,
+    ))
+}
+
 // ---- projects and members ----
 
 pub async fn list_projects(

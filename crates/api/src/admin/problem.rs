@@ -110,6 +110,7 @@ impl From<registry::Error> for Problem {
             err @ (E::BlobUnknown(_)
             | E::UploadUnknown(_)
             | E::UploadInvalid(_)
+            | E::TooManyUploads
             | E::UploadOutOfOrder { .. }
             | E::RangeNotSatisfiable { .. }
             | E::DigestInvalid(_)

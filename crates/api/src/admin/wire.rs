@@ -9,7 +9,8 @@ use auth::policy::Grant;
 use registry::admin::{
     AuditRecord, CheckOutcome, CheckRequest, ExpiryRequest, GrantRequest, IssuedAccessToken,
     IssuedRobot, Listing, MemberView, Membership, NewProject, NewRobot, NewToken, NewUser,
-    ProjectView, RobotView, Secret, TokenView, UserChange, UserView, WhoAmI,
+    ProjectView, RefreshTokenView, RetiredKey, RobotView, Secret, SigningKeyView, TokenView,
+    UserChange, UserView, WhoAmI,
 };
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -250,6 +251,34 @@ pub fn token(token: &TokenView) -> Value {
         "created_at": token.created_at,
         "last_used_at": token.last_used_at,
     })
+}
+
+pub fn refresh_token(token: &RefreshTokenView) -> Value {
+    json!({
+        "id": token.id,
+        "credential": token.credential,
+        "created_at": token.created_at,
+        "expires_at": token.expires_at,
+        "last_used_at": token.last_used_at,
+        "revoked": token.revoked,
+    })
+}
+
+pub fn signing_key(key: &SigningKeyView) -> Value {
+    json!({
+        "kid": key.kid,
+        "state": key.state.as_str(),
+        "created_at": key.created_at,
+        "retired_at": key.retired_at,
+    })
+}
+
+pub fn signing_keys(keys: &[SigningKeyView]) -> Value {
+    json!({ "items": keys.iter().map(signing_key).collect::<Vec<_>>() })
+}
+
+pub fn retired_key(retired: &RetiredKey) -> Value {
+    json!({ "retired": retired.retired, "signing": retired.signing })
 }
 
 pub fn issued_token(issued: &IssuedAccessToken) -> Value {
@@ -547,6 +576,43 @@ pub fn schemas() -> Value {
             ),
         ),
         ("AccessToken", token_schema()),
+        (
+            "RefreshToken",
+            record(
+                "A refresh token the token service handed out (the token itself is never shown). Exchanging it hands out the same one, by id, with a new lifetime.",
+                &[
+                    ("id", string()),
+                    ("credential", json!({"type": "string", "enum": ["password", "token", "robot"], "description": "What it was obtained with."})),
+                    ("created_at", time("Unix seconds.")),
+                    ("expires_at", time("Unix seconds.")),
+                    ("last_used_at", nullable(time("Unix seconds."))),
+                    ("revoked", boolean()),
+                ],
+            ),
+        ),
+        (
+            "SigningKey",
+            record(
+                "A token-signing key (ES256, P-256), by its `kid`.",
+                &[
+                    ("kid", string()),
+                    ("state", json!({"type": "string", "enum": ["signing", "verifying", "retired"], "description": "`signing`: signs new tokens on this replica; `verifying`: verifies the tokens it signed; `retired`: neither."})),
+                    ("created_at", time("Unix seconds.")),
+                    ("retired_at", nullable(time("Unix seconds."))),
+                ],
+            ),
+        ),
+        (
+            "SigningKeyList",
+            record("Every signing key, oldest first.", &[("items", json!({"type": "array", "items": reference("SigningKey")}))]),
+        ),
+        (
+            "RetiredKey",
+            record(
+                "The key retired, and the key that signs now (a new one when the retired key signed).",
+                &[("retired", string()), ("signing", string())],
+            ),
+        ),
         ("IssuedAccessToken", with_secret(token_schema(), "token")),
         (
             "NewAccessToken",
@@ -660,6 +726,7 @@ pub fn schemas() -> Value {
         ),
         ("UserPage", page_of("User")),
         ("AccessTokenPage", page_of("AccessToken")),
+        ("RefreshTokenPage", page_of("RefreshToken")),
         ("ProjectPage", page_of("Project")),
         ("MemberPage", page_of("Member")),
         ("RobotPage", page_of("Robot")),

@@ -938,6 +938,7 @@ async fn a_configured_signing_key_rotates_without_invalidating_issued_tokens() {
     assert_ne!(kid(&before), configured.kid());
     rotated
         .verify(before["token"].as_str().expect("token"), false)
+        .await
         .expect("a token of the earlier key still verifies");
     assert_eq!(rotated.jwks()["keys"].as_array().map(Vec::len), Some(2));
 
@@ -1518,4 +1519,33 @@ async fn a_token_mounts_only_from_repositories_it_grants_pull_on() {
         .send(call("POST", &mount).header("authorization", bearer(&with_source)))
         .await
         .expect(201);
+}
+
+#[tokio::test]
+async fn token_requests_over_a_clients_rate_get_429_with_retry_after() {
+    let registry = TestRegistry::with_limits(registry::Limits {
+        token_requests_per_second: 1,
+        ..crate::support::test_limits()
+    })
+    .await;
+    let request = |client: [u8; 4]| {
+        call("GET", "/auth/token?service=bulwark")
+            .anonymous()
+            .client_address(client)
+    };
+    // A burst of five seconds' worth, then the rate.
+    for _ in 0..registry::rate::BURST_SECONDS {
+        registry.send(request([198, 51, 100, 7])).await.expect(200);
+    }
+    let refused = registry.send(request([198, 51, 100, 7])).await;
+    refused.expect(429).expect_header("retry-after", "1");
+    assert_eq!(refused.json()["error"], "slow_down");
+    let form = call("POST", "/auth/token")
+        .anonymous()
+        .client_address([198, 51, 100, 7])
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=password&service=bulwark&client_id=test&username=a&password=b");
+    registry.send(form).await.expect(429);
+    // Another client is not held up.
+    registry.send(request([198, 51, 100, 8])).await.expect(200);
 }

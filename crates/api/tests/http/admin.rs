@@ -137,10 +137,7 @@ impl Bulwark {
                 "/auth/token",
                 axum::routing::get(api::token::get_token).post(api::token::post_token),
             )
-            .with_state(AppState {
-                registry,
-                access: access.clone(),
-            });
+            .with_state(AppState::new(registry, access.clone()));
         Bulwark {
             store,
             access,
@@ -596,7 +593,7 @@ async fn every_documented_operation_is_routed_and_refuses_anonymous_callers() {
     }
     assert_eq!(operations, api::admin::endpoints().len());
     assert_eq!(
-        operations, 31,
+        operations, 35,
         "a new endpoint? count it here after covering it below"
     );
 }
@@ -710,7 +707,7 @@ async fn registry_tokens_authenticate_and_follow_the_account_as_it_stands() {
     bulwark
         .get("/api/v1/whoami", &token)
         .await
-        .problem(401, "invalid username or password");
+        .problem(401, "token was revoked");
     bulwark
         .get("/api/v1/whoami", &user("alice"))
         .await
@@ -719,15 +716,20 @@ async fn registry_tokens_authenticate_and_follow_the_account_as_it_stands() {
         .patch("/api/v1/users/alice", &root(), json!({"disabled": false}))
         .await
         .expect(200);
-    bulwark.get("/api/v1/whoami", &token).await.expect(200);
+    bulwark
+        .get("/api/v1/whoami", &token)
+        .await
+        .problem(401, "token was revoked");
+    let fresh = Auth::Bearer(bulwark.token_for(&alice).await);
+    bulwark.get("/api/v1/whoami", &fresh).await.expect(200);
     bulwark
         .delete("/api/v1/users/alice", &root())
         .await
         .expect(204);
     bulwark
-        .get("/api/v1/whoami", &token)
+        .get("/api/v1/whoami", &fresh)
         .await
-        .problem(401, "invalid username or password");
+        .problem(401, "token was revoked");
 }
 
 // ---- users ----
@@ -1987,7 +1989,7 @@ async fn revoking_a_robot_stops_its_secret_and_tokens_at_once() {
     bulwark
         .get("/api/v1/whoami", &token)
         .await
-        .problem(401, "invalid username or password");
+        .problem(401, "token was revoked");
     assert_eq!(
         bulwark
             .access
@@ -2635,4 +2637,55 @@ fn ci_robot_system() -> Value {
         "grants": [{"repositories": "**", "actions": ["pull"]}],
         "expires_in": "12h",
     })
+}
+
+// ---- refresh tokens and signing keys ----
+
+#[tokio::test]
+async fn refresh_tokens_and_signing_keys_answer_as_documented() {
+    let bulwark = Bulwark::with_team().await;
+    bulwark.registry_token(&user("alice")).await;
+    let listed = bulwark
+        .get("/api/v1/users/alice/refresh-tokens", &user("alice"))
+        .await;
+    let items = listed.expect(200)["items"].clone();
+    assert_eq!(items.as_array().map(Vec::len), Some(1), "{items}");
+    assert_eq!(items[0]["credential"], "password");
+    let id = items[0]["id"].as_str().expect("id").to_owned();
+    bulwark
+        .get("/api/v1/users/alice/refresh-tokens", &user("bob"))
+        .await
+        .problem(403, "only admins");
+    bulwark
+        .get("/api/v1/users/nobody/refresh-tokens", &root())
+        .await
+        .expect(404);
+    let path = format!("/api/v1/users/alice/refresh-tokens/{id}");
+    bulwark.delete(&path, &root()).await.expect(204);
+    bulwark.delete(&path, &root()).await.expect(204);
+    bulwark
+        .delete("/api/v1/users/alice/refresh-tokens/unknown", &root())
+        .await
+        .expect(404);
+    let listed = bulwark
+        .get("/api/v1/users/alice/refresh-tokens", &root())
+        .await;
+    assert_eq!(listed.expect(200)["items"][0]["revoked"], true);
+
+    let keys = bulwark.get("/api/v1/signing-keys", &root()).await;
+    let kid = keys.expect(200)["items"][0]["kid"]
+        .as_str()
+        .expect("kid")
+        .to_owned();
+    bulwark
+        .get("/api/v1/signing-keys", &user("alice"))
+        .await
+        .problem(403, "only system admins");
+    let retire = format!("/api/v1/signing-keys/{kid}/retire");
+    let retired = bulwark.send(Method::POST, &retire, &root(), None).await;
+    assert_ne!(retired.expect(200)["signing"], kid.as_str());
+    bulwark
+        .send(Method::POST, &retire, &root(), None)
+        .await
+        .problem(404, "in use");
 }

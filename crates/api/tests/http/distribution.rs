@@ -1878,3 +1878,57 @@ async fn upload_sessions_younger_than_the_expiry_survive_it() {
         .expect_header("range", "0-10");
     assert!(registry.staging_file(upload_id(&location)).exists());
 }
+
+#[tokio::test]
+async fn request_targets_and_headers_over_the_limits_are_refused() {
+    let registry = TestRegistry::with_limits(Limits {
+        max_uri_bytes: 100,
+        max_header_bytes: 2000,
+        ..test_limits()
+    })
+    .await;
+    let long_path = format!("/v2/{}/tags/list", "a".repeat(100));
+    registry
+        .get(long_path)
+        .await
+        .expect_error(414, "UNSUPPORTED");
+    registry
+        .send(call("GET", "/v2/").header("x-padding", "p".repeat(2000)))
+        .await
+        .expect_error(431, "UNSUPPORTED");
+    registry.get("/v2/").await.expect(200);
+}
+
+#[tokio::test]
+async fn open_upload_sessions_are_bounded_per_principal_and_per_repository() {
+    let registry = TestRegistry::with_limits(Limits {
+        max_uploads_per_principal: 2,
+        max_uploads_per_repository: 3,
+        ..test_limits()
+    })
+    .await;
+    let first = registry.start_upload("app").await;
+    registry.start_upload("other").await;
+    let reply = registry
+        .send(call("POST", "/v2/third/blobs/uploads/"))
+        .await;
+    reply.expect_error(429, "TOOMANYREQUESTS");
+    assert!(
+        !reply.header("retry-after").is_empty(),
+        "says when to retry"
+    );
+    // A monolithic push needs a session too.
+    registry
+        .send(
+            call(
+                "POST",
+                format!("/v2/third/blobs/uploads/?digest={}", digest(b"x")),
+            )
+            .octets(b"x"),
+        )
+        .await
+        .expect_error(429, "TOOMANYREQUESTS");
+    // A cancelled session makes room.
+    registry.delete(first).await.expect(204);
+    registry.start_upload("third").await;
+}

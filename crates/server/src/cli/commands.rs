@@ -12,8 +12,8 @@ use super::profile::{self, Profile};
 use super::prompt::{self, StdinLines};
 use super::table::{self, field, flag, render, render_fields, time, time_field, yes_no};
 use super::{
-    AuditArgs, Command, LoginArgs, MemberCommand, Output, ProjectCommand, RobotCommand, Since,
-    TokenCommand, UserCommand, Visibility,
+    AuditArgs, Command, KeyCommand, LoginArgs, MemberCommand, Output, ProjectCommand,
+    RefreshTokenCommand, RobotCommand, Since, TokenCommand, UserCommand, Visibility,
 };
 
 /// Runs one client command.
@@ -31,6 +31,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Robot { command, output } => robot(&Api::connect().await?, command, output).await,
         Command::Token { command, output } => token(&Api::connect().await?, command, output).await,
+        Command::RefreshToken { command, output } => {
+            refresh_token(&Api::connect().await?, command, output).await
+        }
+        Command::Key { command, output } => key(&Api::connect().await?, command, output).await,
         Command::Audit(args) => audit(&Api::connect().await?, args).await,
     }
 }
@@ -680,6 +684,91 @@ async fn token(api: &Api, command: TokenCommand, output: Output) -> anyhow::Resu
             api.delete(&["users", &user, "tokens", &id]).await?;
             done(output, &format!("Revoked access token {id} of {user}."));
             Ok(())
+        }
+    }
+}
+
+// ---- refresh tokens ----
+
+async fn refresh_token(
+    api: &Api,
+    command: RefreshTokenCommand,
+    output: Output,
+) -> anyhow::Result<()> {
+    match command {
+        RefreshTokenCommand::List { user } => {
+            let user = user.unwrap_or_else(|| api.username.clone());
+            let page = api.list_all(&["users", &user, "refresh-tokens"]).await?;
+            show(output, &page, |page| {
+                let now = now();
+                let rows = items(page)
+                    .iter()
+                    .map(|token| {
+                        vec![
+                            field(token, "id"),
+                            table::status(token, now).to_owned(),
+                            field(token, "credential"),
+                            time_field(token, "created_at", "never"),
+                            time_field(token, "expires_at", "never"),
+                            time_field(token, "last_used_at", "never"),
+                        ]
+                    })
+                    .collect();
+                listing(
+                    &[
+                        "ID",
+                        "STATUS",
+                        "LOGGED IN WITH",
+                        "CREATED",
+                        "EXPIRES",
+                        "LAST USED",
+                    ],
+                    rows,
+                    &format!("{user} has no refresh tokens."),
+                )
+            })
+        }
+        RefreshTokenCommand::Revoke { id, user } => {
+            let user = user.unwrap_or_else(|| api.username.clone());
+            api.delete(&["users", &user, "refresh-tokens", &id]).await?;
+            done(output, &format!("Revoked refresh token {id} of {user}."));
+            Ok(())
+        }
+    }
+}
+
+// ---- signing keys ----
+
+async fn key(api: &Api, command: KeyCommand, output: Output) -> anyhow::Result<()> {
+    match command {
+        KeyCommand::List => {
+            let keys = api.get(&["signing-keys"]).await?;
+            show(output, &keys, |keys| {
+                let rows = items(keys)
+                    .iter()
+                    .map(|key| {
+                        vec![
+                            field(key, "kid"),
+                            field(key, "state"),
+                            time_field(key, "created_at", "never"),
+                            time_field(key, "retired_at", "never"),
+                        ]
+                    })
+                    .collect();
+                listing(&["KID", "STATE", "CREATED", "RETIRED"], rows, "No keys.")
+            })
+        }
+        KeyCommand::Retire { kid } => {
+            let retired = api
+                .send(Method::POST, &["signing-keys", &kid, "retire"], &json!({}))
+                .await?;
+            show(output, &retired, |retired| {
+                format!(
+                    "Retired signing key {}; {} signs.\n",
+                    field(retired, "retired"),
+                    field(retired, "signing")
+                )
+            })
         }
     }
 }

@@ -30,6 +30,13 @@ use tower::ServiceExt;
 pub const ADMIN: &str = "admin";
 pub const ADMIN_PASSWORD: &str = "test-admin-password";
 
+/// How often test registries read revocations recorded elsewhere: short, so a test sees
+/// another replica's revocation arrive without waiting seconds.
+pub const REVOCATION_REFRESH: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Revocations older than this are read again before a token is honoured in test registries.
+pub const REVOCATION_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The manifest size limit of test registries: small, so the limit is cheap to cross.
 pub const MAX_MANIFEST_BYTES: usize = 4096;
 
@@ -63,8 +70,11 @@ pub fn test_limits() -> Limits {
 pub struct TestRegistry {
     /// The registry behind the router, for use cases HTTP does not reach (upload expiry).
     pub registry: Arc<Registry>,
-    /// The metadata store, for arranging users, projects and robots directly.
+    /// The metadata store, for arranging users, projects and robots directly (and for
+    /// changes another replica would make).
     pub store: Arc<SqliteStore>,
+    /// Access control behind the router.
+    pub access: Arc<Access>,
     app: Router,
     dir: TempDir,
 }
@@ -106,6 +116,11 @@ impl TestRegistry {
             .expect("open the metadata database");
         let blobs = BlobStore::local(&dir.path().join("storage")).expect("open blob storage");
         let store = Arc::new(store);
+        let settings = AccessSettings {
+            revocation_refresh: REVOCATION_REFRESH,
+            revocation_max_age: REVOCATION_MAX_AGE,
+            ..settings
+        };
         let mut access = Access::open(store.clone(), settings)
             .await
             .expect("open access control");
@@ -113,10 +128,12 @@ impl TestRegistry {
             access.hold_logins_until(ready);
         }
         let registry = Arc::new(Registry::new(store.clone(), blobs, limits));
-        let app = api::router(Arc::clone(&registry), Arc::new(access));
+        let access = Arc::new(access);
+        let app = api::router(Arc::clone(&registry), Arc::clone(&access));
         TestRegistry {
             registry,
             store,
+            access,
             app,
             dir,
         }
