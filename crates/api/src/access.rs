@@ -489,3 +489,11 @@ async fn deny(
         .status(StatusCode::FORBIDDEN)
         .message(reason)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_authorization_fuzz_corpus_replays() {
+        crate::fuzz::replay("authorization", crate::fuzz::authorization);
+    }
+}

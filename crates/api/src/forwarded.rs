@@ -228,4 +228,9 @@ mod tests {
         let v6 = forwarded(&["[2001:db8::1]:443"]);
         assert_eq!(trusted.client(ip("10.0.0.5"), &v6), ip("2001:db8::1"));
     }
+
+    #[test]
+    fn the_forwarded_fuzz_corpus_replays() {
+        crate::fuzz::replay("forwarded", crate::fuzz::forwarded);
+    }
 }

@@ -19,6 +19,9 @@ pub mod admin;
 mod body;
 pub mod error;
 pub mod forwarded;
+/// The fuzz targets' checks, shared with the corpus replay tests.
+#[cfg(any(test, fuzzing))]
+pub mod fuzz;
 pub mod operation;
 pub mod token;
 

@@ -121,7 +121,9 @@ fn percent_decode(text: &str) -> Option<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = text.get(i + 1..i + 3)?;
+            let hex = text
+                .get(i + 1..i + 3)
+                .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))?;
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
         } else {
@@ -633,5 +635,13 @@ mod tests {
         assert_eq!(percent_decode("bad%"), None);
         assert_eq!(percent_decode("bad%4"), None);
         assert_eq!(percent_decode("%ff%fe"), None);
+        // `u8::from_str_radix` takes a sign: `%+1` must not decode to U+0001.
+        assert_eq!(percent_decode("a%+1b"), None);
+        assert_eq!(percent_decode("a%-1b"), None);
+    }
+
+    #[test]
+    fn the_operation_fuzz_corpus_replays() {
+        crate::fuzz::replay("operation", crate::fuzz::operation);
     }
 }

@@ -8,6 +8,9 @@
 //!   secrets) and compared in constant time; no `Debug` here prints one.
 //! - Revocation compares epochs the store hands out, never clocks (`revocation`).
 
+/// The fuzz targets' checks, shared with the corpus replay tests.
+#[cfg(any(test, fuzzing))]
+pub mod fuzz;
 pub mod password;
 pub mod policy;
 pub mod revocation;

@@ -184,4 +184,9 @@ mod tests {
                 .expect("valid");
         assert_eq!(scopes.len(), 3);
     }
+
+    #[test]
+    fn the_scope_fuzz_corpus_replays() {
+        crate::fuzz::replay("scope", crate::fuzz::scope);
+    }
 }

@@ -957,4 +957,9 @@ mod tests {
         assert!(after.verify(&token, false, NOW).is_ok());
         assert_eq!(after.jwks()["keys"].as_array().map(Vec::len), Some(2));
     }
+
+    #[test]
+    fn the_token_fuzz_corpus_replays() {
+        crate::fuzz::replay("token", crate::fuzz::token);
+    }
 }

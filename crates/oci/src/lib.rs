@@ -7,6 +7,9 @@
 
 pub mod digest;
 pub mod error;
+/// The fuzz targets' checks, shared with the corpus replay tests.
+#[cfg(any(test, fuzzing))]
+pub mod fuzz;
 pub mod manifest;
 pub mod media_type;
 pub mod name;

@@ -404,4 +404,9 @@ mod tests {
         let manifest = Manifest::parse(None, body.as_bytes()).expect("valid manifest");
         assert_eq!(manifest.required_blobs().count(), 1);
     }
+
+    #[test]
+    fn the_manifest_fuzz_corpus_replays() {
+        crate::fuzz::replay("manifest", crate::fuzz::manifest);
+    }
 }

@@ -185,4 +185,9 @@ mod tests {
         assert_eq!(range.len(), u64::MAX);
         assert_eq!(ByteRange { start: 5, end: 5 }.len(), 1);
     }
+
+    #[test]
+    fn the_range_fuzz_corpus_replays() {
+        crate::fuzz::replay("range", crate::fuzz::range);
+    }
 }

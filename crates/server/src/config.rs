@@ -628,22 +628,50 @@ impl Config {
         if let Some(v) = o.s3_allow_http {
             s3.allow_http = v;
         }
-        config.storage.remote()?;
-        config.proxies()?;
-        if let Some(url) = &mut config.external_url {
+        config.checked()
+    }
+
+    /// A configuration file's text, parsed and checked as `load` checks it, without overrides
+    /// (what the `config` fuzz target reaches).
+    #[cfg(any(test, fuzzing))]
+    pub fn from_toml(text: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text)?;
+        config.checked()
+    }
+
+    /// The configuration, once what `serve` would refuse later is refused now.
+    fn checked(mut self) -> anyhow::Result<Config> {
+        self.storage.remote()?;
+        self.proxies()?;
+        if let Some(url) = &mut self.external_url {
             *url = external_url(url)?;
         }
-        if config.tls.cert.is_some() != config.tls.key.is_some() {
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
             anyhow::bail!("tls.cert and tls.key must be set together");
         }
-        if config.auth.revocation_refresh.0.is_zero()
-            || config.auth.revocation_max_age.0 <= config.auth.revocation_refresh.0
+        if self.auth.revocation_refresh.0.is_zero()
+            || self.auth.revocation_max_age.0 <= self.auth.revocation_refresh.0
         {
             anyhow::bail!(
                 "auth.revocation_refresh must be more than 0s and less than auth.revocation_max_age"
             );
         }
-        Ok(config)
+        Ok(self)
+    }
+}
+
+/// The `config` fuzz target's check of one input (a configuration file's bytes), shared with
+/// the replay of its corpus: parsing never panics, and an accepted configuration written back
+/// as TOML reads back the same.
+#[cfg(any(test, fuzzing))]
+pub fn fuzz(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(config) = Config::from_toml(text) {
+        let written = toml::to_string(&config).expect("an accepted configuration serializes");
+        let again = Config::from_toml(&written).expect("the written configuration loads");
+        assert_eq!(again, config, "written as\n{written}");
     }
 }
 
@@ -845,5 +873,22 @@ mod tests {
     fn unknown_keys_are_refused() {
         let err = toml::from_str::<Config>("listne = \"x\"").expect_err("typo must fail");
         assert!(err.to_string().contains("listne"));
+    }
+
+    #[test]
+    fn the_config_fuzz_corpus_replays() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/config");
+        let entries = std::fs::read_dir(&dir)
+            .unwrap_or_else(|err| panic!("reading the corpus {}: {err}", dir.display()));
+        let mut count = 0;
+        for entry in entries {
+            let path = entry.expect("a corpus entry").path();
+            let data = std::fs::read(&path).expect("reading a corpus input");
+            count += 1;
+            if std::panic::catch_unwind(|| fuzz(&data)).is_err() {
+                panic!("the config corpus input {} panics", path.display());
+            }
+        }
+        assert!(count > 0, "the corpus {} is empty", dir.display());
     }
 }
