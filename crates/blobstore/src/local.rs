@@ -32,7 +32,7 @@ use oci::Digest;
 /// Bytes collected before one write: few system calls per GiB, bounded memory per upload.
 const WRITE_BUFFER: usize = 1024 * 1024;
 /// Bytes of request chunks handed to a writing job at once.
-const BATCH_BYTES: usize = 256 * 1024;
+const BATCH_BYTES: usize = 1024 * 1024;
 /// Writing jobs running at once, for every upload of the process together.
 const WRITERS: usize = 64;
 
